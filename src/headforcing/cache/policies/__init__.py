@@ -1,0 +1,29 @@
+"""The cache policies, by name."""
+
+from __future__ import annotations
+
+from headforcing.cache.policies.full import FullPolicy
+from headforcing.cache.policies.sink import SinkPolicy
+from headforcing.cache.policies.window import WindowPolicy
+from headforcing.cache.policy import CachePolicy
+
+POLICIES: dict[str, type[CachePolicy]] = {
+    policy.name: policy for policy in (FullPolicy, WindowPolicy, SinkPolicy)
+}
+
+
+def make_policy(name: str, **params) -> CachePolicy:
+    """Build a policy by name; ``params`` left as ``None`` take the policy's defaults."""
+    try:
+        policy_cls = POLICIES[name]
+    except KeyError:
+        valid = ", ".join(sorted(POLICIES))
+        raise ValueError(f"unknown policy {name!r}; valid policies: {valid}") from None
+    fields = policy_cls.__dataclass_fields__
+    unknown = [key for key, value in params.items() if value is not None and key not in fields]
+    if unknown:
+        raise ValueError(f"policy {name!r} takes no parameter {', '.join(unknown)}")
+    return policy_cls(**{key: value for key, value in params.items() if value is not None})
+
+
+__all__ = ["POLICIES", "FullPolicy", "SinkPolicy", "WindowPolicy", "make_policy"]

@@ -1,0 +1,1 @@
+"""Input and output: checkpoints, text encoders, latent decoders and video files."""

@@ -1,0 +1,110 @@
+"""Typed configuration of the causal Wan transformer and the named presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    """Shape of a Wan2.1-style video diffusion transformer.
+
+    Defaults are Wan2.1-T2V-1.3B (REFERENCE.md section 2).
+    """
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    num_heads: int = 12
+    num_layers: int = 30
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    in_channels: int = 16
+    out_channels: int = 16
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} must be divisible by num_heads {self.num_heads}")
+        if self.head_dim % 2 or self.head_dim < 6:
+            raise ValueError(f"head_dim {self.head_dim} must be even and >= 6 for the 3D RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """How a preset's latents relate to pixels and time.
+
+    ``trained_frames`` is the number of latent frames the model saw in training: temporal
+    positions at or beyond it were never trained (21 for Wan2.1, 5 s of video).
+    """
+
+    height: int = 480
+    width: int = 832
+    fps: int = 16
+    vae_stride: tuple[int, int, int] = (4, 8, 8)
+    chunk_frames: int = 3
+    trained_frames: int = 21
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    model: WanConfig
+    video: VideoConfig
+    description: str
+    has_text_encoder: bool = True
+    has_vae: bool = True
+    aliases: tuple[str, ...] = field(default=())
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    for name in (preset.name, *preset.aliases):
+        PRESETS[name] = preset
+    return preset
+
+
+register(
+    Preset(
+        name="wan2.1-t2v-1.3b",
+        model=WanConfig(),
+        video=VideoConfig(),
+        description="Wan2.1-T2V-1.3B shape (Self-Forcing, LongLive, CausVid weights)",
+    )
+)
+
+register(
+    Preset(
+        name="tiny",
+        model=WanConfig(
+            dim=64,
+            ffn_dim=128,
+            freq_dim=32,
+            text_dim=32,
+            text_len=16,
+            num_heads=4,
+            num_layers=2,
+        ),
+        video=VideoConfig(height=128, width=128),
+        description="random-weight model for tests; hashed-word text, linear latent preview",
+        has_text_encoder=False,
+        has_vae=False,
+    )
+)
+
+
+def get_preset(name: str) -> Preset:
+    """Look a preset up by name, with an error that lists the valid names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        valid = ", ".join(sorted(PRESETS))
+        raise ValueError(f"unknown preset {name!r}; valid presets: {valid}") from None
