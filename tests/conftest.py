@@ -3,6 +3,9 @@ import torch
 
 from headforcing.model import WanConfig, WanModel
 
+# Test tensors are tiny: one thread avoids thread start-up and contention costs that dominate.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic():

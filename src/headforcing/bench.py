@@ -1,0 +1,131 @@
+"""Speed and memory of the cache policies: ms per DiT pass, frames/s and K/V bytes by video length.
+
+To measure chunk k of a long video without generating the k - 1 chunks before it, the cache is
+fast-forwarded through its own API: every earlier chunk is committed layer by layer with random
+q/k/v (real attention, real commits, no MLPs), so the policy holds exactly what it would hold.
+Timing then covers whole chunks at that length: the re-layout, four denoising passes and the
+commit pass, with random weights (speed does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from headforcing.cache import CachePolicy, KVCache
+from headforcing.pipeline import Pipeline, latent_frames_for_seconds
+
+PIXEL_FRAMES_PER_LATENT = 4
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    policy: str
+    seconds: float
+    latent_frames: int
+    context_frames: int
+    ms_per_pass: float
+    ms_per_chunk: float
+    frames_per_second: float
+    kv_megabytes: float
+    note: str = ""
+
+
+def fast_forward(cache: KVCache, num_frames: int, num_heads: int, head_dim: int) -> None:
+    """Commit random chunks until ``num_frames`` frames are in the cache."""
+    batch = cache.layers[0][0].keys.shape[0]
+    device, dtype = cache.layers[0][0].keys.device, cache.layers[0][0].keys.dtype
+    while cache.frames_done < num_frames:
+        chunk = cache.begin_chunk(min(cache.chunk_frames, num_frames - cache.frames_done))
+        shape = (batch, chunk.num_tokens, num_heads, head_dim)
+        for layer in range(len(cache.layers)):
+            q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+            cache.attend(layer, q, k, v, commit=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def estimated_full_bytes(pipeline: Pipeline, frames: int) -> int:
+    """K/V bytes a ``full`` cache holds at ``frames`` (stored keys, read keys, values)."""
+    config = pipeline.model.config
+    tokens = frames * pipeline.token_grid[0] * pipeline.token_grid[1]
+    element = torch.finfo(pipeline.model.dtype).bits // 8
+    return 3 * tokens * config.num_layers * config.dim * element
+
+
+def bench_policy(
+    pipeline: Pipeline, policy: CachePolicy, seconds: float, timed_chunks: int = 2
+) -> BenchRow:
+    """Time ``timed_chunks`` chunks after fast-forwarding to ``seconds`` of video."""
+    model, device = pipeline.model, pipeline.model.device
+    config = model.config
+    frames = latent_frames_for_seconds(seconds, pipeline.preset.video.fps)
+    chunk_frames = pipeline.preset.video.chunk_frames
+    cache = pipeline.new_cache(policy)
+    start_frame = max(0, frames - (timed_chunks + 1) * chunk_frames)
+    context = model.encode_text(
+        torch.zeros(1, config.text_len, config.text_dim, device=device, dtype=model.dtype)
+    )
+    channels, height, width = pipeline.latent_shape
+    x = torch.randn(1, channels, chunk_frames, height, width, device=device, dtype=model.dtype)
+    t = torch.full((1, chunk_frames), 500.0, device=device)
+
+    def run_chunk() -> float:
+        """One whole chunk; returns ms of its first denoising pass."""
+        cache.begin_chunk(chunk_frames)
+        _sync(device)
+        began = time.perf_counter()
+        model(x, t, context, cache.attention())
+        _sync(device)
+        pass_ms = 1000 * (time.perf_counter() - began)
+        for _ in range(3):
+            model(x, t, context, cache.attention())
+        model(x, t * 0, context, cache.attention(commit=True))
+        return pass_ms
+
+    with torch.inference_mode():
+        fast_forward(cache, start_frame, config.num_heads, config.head_dim)
+        run_chunk()  # warm-up
+        _sync(device)
+        pass_times, began = [], time.perf_counter()
+        for _ in range(timed_chunks):
+            pass_times.append(run_chunk())
+        _sync(device)
+        chunk_ms = 1000 * (time.perf_counter() - began) / timed_chunks
+    context_frames = len(cache.kept_frames()[0])  # after the last commit: what the next sees
+    return BenchRow(
+        policy=policy.describe(),
+        seconds=seconds,
+        latent_frames=frames,
+        context_frames=context_frames,
+        ms_per_pass=sorted(pass_times)[len(pass_times) // 2],
+        ms_per_chunk=chunk_ms,
+        frames_per_second=chunk_frames * PIXEL_FRAMES_PER_LATENT / (chunk_ms / 1000),
+        kv_megabytes=cache.bytes_held() / 2**20,
+    )
+
+
+def format_table(rows: list[BenchRow], title: str) -> str:
+    header = (
+        "| policy | video s | latent frames | context frames | ms/pass | ms/chunk "
+        "| frames/s (DiT) | K/V MiB | note |"
+    )
+    lines = [f"### {title}", "", header, "|" + "---|" * 9]
+    for row in rows:
+        if row.note:
+            lines.append(
+                f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | - | - | - | - | - "
+                f"| {row.note} |"
+            )
+            continue
+        lines.append(
+            f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | {row.context_frames} "
+            f"| {row.ms_per_pass:.1f} | {row.ms_per_chunk:.1f} | {row.frames_per_second:.1f} "
+            f"| {row.kv_megabytes:.1f} | |"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""The ``headforcing`` command line: thin, typed, stage by stage."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from headforcing.cache.policies import POLICIES, make_policy
+from headforcing.model.config import PRESETS, get_preset
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window") -> None:
+    group = parser.add_argument_group("cache policy")
+    group.add_argument("--policy", default=default, help=f"one of {', '.join(POLICIES)}")
+    group.add_argument(
+        "--window-frames", type=int, help="window/sink: frames attended, chunk included"
+    )
+    group.add_argument("--sink-frames", type=int, help="window/sink: first frames kept for ever")
+    group.add_argument(
+        "--positions",
+        choices=("absolute", "relative"),
+        default="relative",
+        help="temporal RoPE positions: 'absolute' = Self-Forcing exactly; 'relative' (default) "
+        "lays the kept frames out on consecutive positions so none leaves the trained range",
+    )
+
+
+def policy_from_args(args: argparse.Namespace):
+    return make_policy(
+        args.policy,
+        window_frames=args.window_frames,
+        sink_frames=args.sink_frames,
+        positions=args.positions,
+    )
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--preset", default="tiny", help=f"one of {', '.join(sorted(PRESETS))}")
+    group.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="run a preset with random weights (benchmarks, smoke tests)",
+    )
+    group.add_argument("--height", type=int, help="pixels, a multiple of 16 (preset default)")
+    group.add_argument("--width", type=int, help="pixels, a multiple of 16 (preset default)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    group.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+
+
+def build_pipeline(args: argparse.Namespace):
+    from headforcing.pipeline import Pipeline
+
+    preset = get_preset(args.preset)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    standins = not (preset.has_text_encoder or preset.has_vae)
+    if not (standins or args.random_weights):
+        raise ValueError(
+            f"preset {preset.name!r} needs real weights, which this build cannot load yet; "
+            "pass --random-weights to run it with random weights"
+        )
+    return Pipeline.with_standins(
+        preset.name, device=device, dtype=dtype, height=args.height, width=args.width
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from headforcing.io.video import VideoWriter
+    from headforcing.pipeline import latent_frames_for_seconds
+
+    # prepare input
+    policy = policy_from_args(args)
+    pipeline = build_pipeline(args)
+    video = pipeline.preset.video
+    if args.frames is not None:
+        num_frames = args.frames
+        if num_frames < 1:
+            raise ValueError(f"--frames must be >= 1 latent frame, got {num_frames}")
+    else:
+        num_frames = latent_frames_for_seconds(args.seconds, video.fps, video.vae_stride[0])
+    dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
+    print(
+        f"headforcing: {pipeline.preset.name} on {pipeline.model.device} ({dtype_name}), "
+        f"{pipeline.width}x{pipeline.height}, {num_frames} latent frames, "
+        f"policy {policy.describe()} ({policy.positions} positions)",
+        file=sys.stderr,
+    )
+
+    # denoise, decode, write: chunk by chunk
+    out = Path(args.out)
+    began = time.perf_counter()
+    with VideoWriter(out, fps=video.fps) as writer:
+        bar = tqdm(total=num_frames, unit="frame", desc="generating", file=sys.stderr)
+        try:
+            for chunk in pipeline.stream(args.prompt, num_frames, policy, seed=args.seed):
+                writer.write(chunk.frames[0])
+                bar.update(chunk.latents.shape[2])
+                bar.set_postfix(kv_mib=f"{chunk.kv_bytes / 2**20:.1f}", max_pos=chunk.max_position)
+        except KeyboardInterrupt:
+            bar.close()
+            print(f"interrupted: kept {writer.frames_written} finished frames", file=sys.stderr)
+        bar.close()
+    seconds = time.perf_counter() - began
+    print(
+        f"wrote {out} ({writer.frames_written} frames, {writer.frames_written / video.fps:.1f} s "
+        f"of video) in {seconds:.1f} s: {writer.frames_written / seconds:.1f} frames/s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from headforcing.bench import BenchRow, bench_policy, estimated_full_bytes, format_table
+    from headforcing.pipeline import latent_frames_for_seconds
+
+    args.random_weights = True
+    pipeline = build_pipeline(args)
+    device = pipeline.model.device
+    rows = []
+    for name in args.policies:
+        policy = make_policy(name, positions=args.positions)
+        for seconds in args.seconds:
+            frames = latent_frames_for_seconds(seconds, pipeline.preset.video.fps)
+            if name == "full" and device.type == "cuda":
+                need = estimated_full_bytes(pipeline, frames)
+                free = torch.cuda.mem_get_info(device)[0]
+                if need > 0.8 * free:
+                    note = f"skipped: needs ~{need / 2**30:.0f} GiB of K/V, {free / 2**30:.0f} free"
+                    rows.append(BenchRow(policy.describe(), seconds, frames, 0, 0, 0, 0, 0, note))
+                    continue
+            rows.append(bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks))
+            row = rows[-1]
+            print(
+                f"{row.policy:>28} {seconds:>5g} s: {row.ms_per_pass:8.1f} ms/pass", file=sys.stderr
+            )
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = f"CPU, {torch.get_num_threads()} threads"
+    dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
+    title = (
+        f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, {device_name}"
+    )
+    print(format_table(rows, title))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headforcing",
+        description="Long autoregressive video generation with a KV cache per head type.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="generate a video from a prompt")
+    generate.add_argument("prompt")
+    length = generate.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=5.0, help="video length (default 5)")
+    length.add_argument(
+        "--frames", type=int, help="video length in latent frames (4 px frames each)"
+    )
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
+    add_model_arguments(generate)
+    add_policy_arguments(generate)
+    generate.set_defaults(run=cmd_generate)
+
+    bench = commands.add_parser("bench", help="ms per DiT pass, frames/s and K/V bytes by length")
+    bench.add_argument("--policies", nargs="+", default=["full", "window", "sink"])
+    bench.add_argument("--seconds", nargs="+", type=float, default=[5, 30, 60, 120])
+    bench.add_argument("--chunks", type=int, default=2, help="timed chunks per row")
+    bench.add_argument("--positions", default="relative", choices=("absolute", "relative"))
+    add_model_arguments(bench)
+    bench.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ValueError as error:
+        print(f"headforcing {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""The generation pipeline: prompt -> text context -> AR chunks -> decoded frames, as a stream.
+
+``Pipeline.stream`` is a generator: the CLI, a file writer and a live preview all consume the same
+chunks as they are made. It reads like the method: encode the prompt once; for each chunk,
+denoise, commit the clean K/V, decode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from headforcing.cache import CachePolicy, KVCache
+from headforcing.io.decoders import LatentDecoder, PreviewDecoder
+from headforcing.io.text import HashedTextEncoder, TextEncoder
+from headforcing.model import Preset, WanModel, get_preset
+from headforcing.sampling import FlowSchedule, generate_chunks
+
+SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
+
+
+@dataclass(frozen=True)
+class VideoChunk:
+    """One finished chunk: latents ``[B, C, F, h, w]``, frames ``[B, F_pix, H, W, 3]`` uint8,
+    and the cache's state after committing it."""
+
+    first_frame: int
+    latents: torch.Tensor
+    frames: torch.Tensor
+    kv_bytes: int
+    max_position: int
+
+
+def latent_frames_for_seconds(seconds: float, fps: int = 16, temporal_stride: int = 4) -> int:
+    """Latent frames whose decoded video lasts at least ``seconds`` (5 s -> 21 at 16 fps)."""
+    if seconds <= 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    return math.ceil((seconds * fps - 1) / temporal_stride) + 1
+
+
+def check_size(height: int, width: int) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if value < SIZE_MULTIPLE or value % SIZE_MULTIPLE:
+            lower = max(SIZE_MULTIPLE, value // SIZE_MULTIPLE * SIZE_MULTIPLE)
+            raise ValueError(
+                f"{name} {value} is not a positive multiple of {SIZE_MULTIPLE} "
+                f"(VAE stride 8 x patch 2); try {lower} or {lower + SIZE_MULTIPLE}"
+            )
+
+
+def random_model(preset: Preset, seed: int = 0, device="cpu", dtype=torch.float32) -> WanModel:
+    """The preset's transformer with seeded random weights (tests, benchmarks, ``tiny``)."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        with device:
+            model = WanModel(preset.model)
+    return model.set_dtype(dtype).eval()
+
+
+class Pipeline:
+    """Text encoder + transformer + sampler + decoder for one preset and resolution.
+
+    Parameters
+    ----------
+    preset:
+        Model and video configuration.
+    model, text_encoder, decoder:
+        The three networks; see :meth:`tiny` for the stand-ins of the ``tiny`` preset.
+    height, width:
+        Output size in pixels, multiples of 16.
+    schedule:
+        The few-step sampler schedule.
+    """
+
+    def __init__(
+        self,
+        preset: Preset,
+        model: WanModel,
+        text_encoder: TextEncoder,
+        decoder: LatentDecoder,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        schedule: FlowSchedule | None = None,
+    ) -> None:
+        self.preset = preset
+        self.model = model
+        self.text_encoder = text_encoder
+        self.decoder = decoder
+        self.height = height or preset.video.height
+        self.width = width or preset.video.width
+        check_size(self.height, self.width)
+        self.schedule = schedule or FlowSchedule()
+
+    @classmethod
+    def with_standins(
+        cls,
+        preset_name: str = "tiny",
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> Pipeline:
+        """A preset with random weights, hashed-word text embeddings and the linear preview
+        decoder: runs anywhere, shows the mechanics, not a trained model."""
+        preset = get_preset(preset_name)
+        config = preset.model
+        return cls(
+            preset,
+            random_model(preset, device=device, dtype=dtype),
+            HashedTextEncoder(config.text_len, config.text_dim),
+            PreviewDecoder(
+                config.in_channels,
+                spatial_stride=preset.video.vae_stride[1],
+                temporal_stride=preset.video.vae_stride[0],
+            ),
+            height=height,
+            width=width,
+        )
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, h, w)`` of one latent frame."""
+        stride = self.preset.video.vae_stride[1]
+        return self.preset.model.in_channels, self.height // stride, self.width // stride
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        _, height, width = self.latent_shape
+        _, patch_h, patch_w = self.preset.model.patch_size
+        return height // patch_h, width // patch_w
+
+    def new_cache(self, policy: CachePolicy) -> KVCache:
+        return KVCache(
+            policy,
+            self.preset.model,
+            *self.token_grid,
+            self.preset.video.chunk_frames,
+            device=self.model.device,
+            dtype=self.model.dtype,
+        )
+
+    def stream(
+        self, prompt: str, num_frames: int, policy: CachePolicy, seed: int = 0
+    ) -> Iterator[VideoChunk]:
+        """Generate ``num_frames`` latent frames for ``prompt``, yielding decoded chunks."""
+        if num_frames < 1:
+            raise ValueError(f"the number of latent frames must be >= 1, got {num_frames}")
+        if not prompt.strip():
+            raise ValueError("the prompt is empty")
+        with torch.inference_mode():
+            # prepare input
+            cache = self.new_cache(policy)
+            context = self.model.encode_text(self.text_encoder.encode([prompt]))
+            generator = torch.Generator().manual_seed(seed)
+            self.decoder.reset()
+            # denoise chunk by chunk, then decode each chunk as it is done
+            chunks = generate_chunks(
+                self.model, cache, context, num_frames, self.latent_shape, generator, self.schedule
+            )
+            for chunk in chunks:
+                frames = self.decoder.decode_chunk(chunk.latents)
+                yield VideoChunk(
+                    chunk.first_frame, chunk.latents, frames, cache.bytes_held(), cache.max_position
+                )
