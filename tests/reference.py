@@ -16,7 +16,7 @@ def reference_rope_angles(head_dim, frame_pos, row, col, theta=10000.0):
 
 
 def reference_rotate(x, angles):
-    """x: ``[..., N, D]`` real; rotate pairs (2i, 2i+1) as complex numbers by ``angles [N, D/2]``."""
+    """x: ``[..., N, D]``; rotate pairs (2i, 2i+1) as complex numbers by ``angles [N, D/2]``."""
     pairs = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2).contiguous())
     return torch.view_as_real(pairs * torch.polar(torch.ones_like(angles), angles)).flatten(-2)
 
@@ -28,4 +28,5 @@ def naive_attention(q, k, v):
 
 
 def relative_error(actual, expected):
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
+    difference = (actual.double() - expected.double()).abs().max()
+    return (difference / expected.double().abs().max()).item()

@@ -25,9 +25,7 @@ def rollout(config, policy, frames, seed=0, model_seed=0):
     return cache, sizes, torch.cat(latents, dim=2)
 
 
-@pytest.mark.parametrize(
-    ("name", "params"), [("window", {"window_frames": 21}), ("sink", {})]
-)
+@pytest.mark.parametrize(("name", "params"), [("window", {"window_frames": 21}), ("sink", {})])
 @pytest.mark.parametrize("positions", ["absolute", "relative"])
 def test_300_frames_constant_cache(small_config, name, params, positions):
     policy = make_policy(name, positions=positions, **params)
