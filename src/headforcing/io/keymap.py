@@ -1,7 +1,7 @@
 """Parameter-name conversion between checkpoint layouts and our (original Wan) names.
 
-One place for every renaming: training-wrapper prefixes and the diffusers
-``WanTransformer3DModel`` layout (REFERENCE.md section 2).
+One place for every renaming: training-wrapper prefixes and segments, PEFT LoRA factor names
+and the diffusers ``WanTransformer3DModel`` layout (REFERENCE.md section 2).
 """
 
 from __future__ import annotations
@@ -12,6 +12,18 @@ import torch
 
 # Prefixes that trainers put in front of the model's own names.
 WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_orig_mod.", "module.", "net.", "model.")
+
+# Wrapper segments that can sit anywhere in a name: FSDP with ``use_orig_params`` (Self-Forcing's
+# EMA, LongLive) and activation checkpointing nest them inside, e.g.
+# ``model.blocks.0._fsdp_wrapped_module.self_attn.q.weight``. No Wan parameter is called so.
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+# A PEFT LoRA factor as ``get_peft_model_state_dict`` writes it (LongLive's ``generator_lora``):
+# ``base_model.model.<module>.lora_A.weight`` ([rank, in]) and ``...lora_B.weight`` ([out, rank]).
+# A raw ``PeftModel.state_dict()`` still has the adapter name (``lora_A.default.weight``).
+_PEFT_LORA = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<factor>[AB])(?:\.default)?\.weight$"
+)
 
 # (diffusers pattern, original replacement); applied in order, first match wins.
 _DIFFUSERS_TO_WAN = [
@@ -47,6 +59,26 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
                     name, changed = name[len(prefix) :], True
         stripped[name] = tensor
     return stripped
+
+
+def drop_wrapper_segments(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove wrapper segments (``_fsdp_wrapped_module.``, ...) wherever they occur in a name."""
+    cleaned = {}
+    for name, tensor in state_dict.items():
+        for segment in WRAPPER_SEGMENTS:
+            name = name.replace(segment, "")
+        cleaned[name] = tensor
+    return cleaned
+
+
+def split_peft_lora_name(name: str) -> tuple[str, str] | None:
+    """``base_model.model.blocks.0.self_attn.q.lora_A.weight`` -> ``("blocks.0.self_attn.q", "A")``.
+
+    Returns ``None`` for a name that is not a PEFT LoRA factor. The module name may still carry
+    wrapper prefixes; pass it through :func:`strip_prefixes`.
+    """
+    match = _PEFT_LORA.match(name)
+    return None if match is None else (match["module"], match["factor"])
 
 
 def diffusers_to_wan_name(name: str) -> str:

@@ -22,7 +22,8 @@ def band_sizes(head_dim: int) -> tuple[int, int, int]:
 
 
 def _inverse_frequencies(band: int, theta: float) -> torch.Tensor:
-    return 1.0 / theta ** (torch.arange(0, band, 2, dtype=torch.float64) / band)
+    # always on the CPU: a model built under a meta or CUDA device context must still get data
+    return 1.0 / theta ** (torch.arange(0, band, 2, dtype=torch.float64, device="cpu") / band)
 
 
 class Rope3D:

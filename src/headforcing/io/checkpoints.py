@@ -1,0 +1,538 @@
+"""Load the causal Wan2.1 transformer from the checkpoints that Self-Forcing, CausVid, LongLive
+and diffusers ship.
+
+Each checkpoint kind has one reader that returns a state dict in original Wan names; one builder,
+:func:`model_from_state_dict`, turns any of them into a :class:`WanModel`. The layouts, as their
+public code writes and reads them (facts checked in the repositories, no code taken from them):
+
+``self-forcing``
+    ``self_forcing_dmd.pt`` (guandeh17/Self-Forcing, ``inference.py`` and ``utils/distributed.py``):
+    a torch pickle ``{"generator": sd, "generator_ema": sd, "critic": sd, ...}``; the generator is
+    a wrapper holding the Wan model as ``.model``, so names are ``model.<wan name>``. FSDP-trained
+    files may carry ``_fsdp_wrapped_module.`` as a prefix or as a segment inside names.
+``causvid``
+    CausVid's ``model.pt`` (tianweiy/CausVid, ``causvid/train_distillation.py``): the same kind of
+    pickle, ``{"generator": sd, "critic": sd}`` with ``model.``-prefixed names (``generator_ema``
+    in some forks), or a bare state dict, as CausVid-Plus's ``convert_checkpoint.py`` writes.
+``longlive``
+    LongLive 1.0 (NVlabs/LongLive v1.0, ``trainer/distillation.py``, ``utils/lora_utils.py``,
+    ``configs/longlive_inference.yaml``): a base pickle laid out as Self-Forcing's
+    (``longlive_base.pt``) plus a LoRA pickle (``lora.pt``) ``{"generator_lora": sd,
+    "critic_lora": sd, "step": int}`` or a bare LoRA state dict. The LoRA is PEFT's
+    ``get_peft_model_state_dict`` of ``get_peft_model(<Wan model>, LoraConfig(r, lora_alpha,
+    target_modules=<every nn.Linear of every attention block>))``: for each targeted layer
+    ``base_model.model.<layer>.lora_A.weight`` ``[r, in]`` and ``...lora_B.weight`` ``[out, r]``.
+    The file does not store alpha (it is ``adapter.alpha`` of the YAML config: 256, with rank 256,
+    in LongLive's inference configs), so it is an argument here. We merge
+    ``W + (alpha / r) * B @ A`` in float32, r read from the factors' shapes, plain LoRA only
+    (no rsLoRA scaling, DoRA magnitudes or LoRA biases; LongLive uses none of them).
+``diffusers``
+    A ``transformer/`` folder of ``WanTransformer3DModel.save_pretrained``: ``config.json`` and
+    ``diffusion_pytorch_model.safetensors``, or shards listed in
+    ``diffusion_pytorch_model.safetensors.index.json``; names converted by
+    :func:`headforcing.io.keymap.diffusers_to_wan`.
+
+Pickles are read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+file whose unpickling would run code is refused before anything in it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from headforcing.io.keymap import (
+    diffusers_to_wan,
+    drop_wrapper_segments,
+    split_peft_lora_name,
+    strip_prefixes,
+)
+from headforcing.model.config import WanConfig
+from headforcing.model.transformer import WanModel
+
+StateDict = dict[str, torch.Tensor]
+
+# How many names an error message shows per category.
+_SHOWN = 8
+
+_SELF_FORCING_LAYOUT = (
+    "a torch pickle {'generator': state_dict, 'generator_ema': state_dict, ...} "
+    "with 'model.<wan name>' keys (Self-Forcing's self_forcing_dmd.pt)"
+)
+_CAUSVID_LAYOUT = (
+    "a torch pickle {'generator': state_dict, ...} or a bare state dict, "
+    "with 'model.<wan name>' keys (CausVid's model.pt)"
+)
+_LONGLIVE_LORA_LAYOUT = (
+    "a torch pickle {'generator_lora': peft_state_dict, ...} or a bare PEFT state dict with "
+    "'base_model.model.<layer>.lora_A.weight' / '.lora_B.weight' keys (LongLive's lora.pt)"
+)
+_DIFFUSERS_LAYOUT = (
+    "a diffusers transformer/ folder with diffusion_pytorch_model.safetensors "
+    "(or shards listed in diffusion_pytorch_model.safetensors.index.json)"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# readers: one per checkpoint kind, each returns a state dict in original Wan names
+
+
+def read_self_forcing(path: str | Path, *, use_ema: bool = True) -> StateDict:
+    """Wan-named generator weights of a Self-Forcing checkpoint (``generator_ema`` by default)."""
+    path = Path(path)
+    checkpoint = _torch_load(path, _SELF_FORCING_LAYOUT)
+    return _wan_names(_generator(checkpoint, path, use_ema, _SELF_FORCING_LAYOUT), path)
+
+
+def read_causvid(path: str | Path, *, use_ema: bool = True) -> StateDict:
+    """Wan-named generator weights of a CausVid checkpoint: training dict or bare state dict."""
+    path = Path(path)
+    checkpoint = _torch_load(path, _CAUSVID_LAYOUT)
+    if _is_tensor_mapping(checkpoint):
+        return _wan_names(dict(checkpoint), path)
+    return _wan_names(_generator(checkpoint, path, use_ema, _CAUSVID_LAYOUT), path)
+
+
+def read_longlive(
+    path: str | Path,
+    lora: str | Path,
+    *,
+    lora_alpha: float | None,
+    use_ema: bool = True,
+) -> StateDict:
+    """LongLive's base weights with its LoRA merged in: ``W + (lora_alpha / r) * B @ A``.
+
+    LongLive trained its LoRA on top of the base's ``generator`` weights and its inference
+    configs say ``use_ema: false``; pass ``use_ema=False`` to reproduce that when the base file
+    also holds ``generator_ema``.
+    """
+    if lora_alpha is None:
+        raise ValueError(
+            "kind='longlive' needs lora_alpha: LongLive's lora.pt does not store it (it is "
+            "adapter.alpha in the YAML config; LongLive's configs/longlive_inference.yaml uses "
+            "alpha 256 with rank 256, a scale of 1.0)"
+        )
+    if lora_alpha <= 0:
+        raise ValueError(f"lora_alpha must be > 0, got {lora_alpha}")
+    base = read_self_forcing(path, use_ema=use_ema)
+    return merge_lora(base, read_peft_lora(lora), lora_alpha=lora_alpha, source=Path(lora))
+
+
+def read_diffusers(path: str | Path) -> StateDict:
+    """Wan-named weights of a diffusers ``transformer/`` folder (or of the repo root above it)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder; kind='diffusers' expects {_DIFFUSERS_LAYOUT}")
+    if not _diffusers_weight_files(folder, required=False) and (folder / "transformer").is_dir():
+        folder = folder / "transformer"
+    state_dict: StateDict = {}
+    for file in _diffusers_weight_files(folder, required=True):
+        shard = load_file(file, device="cpu")
+        repeated = shard.keys() & state_dict.keys()
+        if repeated:
+            raise ValueError(f"{file} repeats {len(repeated)} tensors of earlier shards")
+        state_dict.update(shard)
+    return diffusers_to_wan(state_dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA
+
+
+def read_peft_lora(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LongLive's LoRA file -> ``{layer (Wan name): (lora_A [r, in], lora_B [out, r])}``."""
+    path = Path(path)
+    checkpoint = _torch_load(path, _LONGLIVE_LORA_LAYOUT)
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("generator_lora"), Mapping):
+        state_dict = dict(checkpoint["generator_lora"])
+    elif _is_tensor_mapping(checkpoint):
+        state_dict = dict(checkpoint)
+    else:
+        raise ValueError(
+            f"{path} has no 'generator_lora' state dict ({_top_level(checkpoint)}); "
+            f"expected {_LONGLIVE_LORA_LAYOUT}"
+        )
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    not_lora = []
+    for name, tensor in drop_wrapper_segments(state_dict).items():
+        split = split_peft_lora_name(name)
+        if split is None:
+            not_lora.append(name)
+        else:
+            module, factor = split
+            factors.setdefault(module, {})[factor] = tensor
+    if not_lora:
+        raise ValueError(
+            f"{path}: {_listed(not_lora, 'entries that are not LoRA A/B factors')}; only plain "
+            "LoRA on linear layers is supported (no DoRA magnitudes, LoRA biases or embeddings)"
+        )
+    if not factors:
+        raise ValueError(f"{path} holds no LoRA factors; expected {_LONGLIVE_LORA_LAYOUT}")
+    by_layer = strip_prefixes(factors)
+    if len(by_layer) != len(factors):
+        raise ValueError(f"{path}: several LoRA layers share one name once prefixes are removed")
+    incomplete = sorted(layer for layer, pair in by_layer.items() if set(pair) != {"A", "B"})
+    if incomplete:
+        raise ValueError(f"{path}: {_listed(incomplete, 'layers without both lora_A and lora_B')}")
+    return {layer: (pair["A"], pair["B"]) for layer, pair in by_layer.items()}
+
+
+def merge_lora(
+    base: StateDict,
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    *,
+    lora_alpha: float,
+    source: str | Path = "the LoRA",
+) -> StateDict:
+    """Merged copy of ``base``: ``W + (lora_alpha / r) * B @ A`` in float32 for every layer.
+
+    ``r`` is each layer's rank, read from its factors; untargeted tensors are passed through.
+    """
+    merged = dict(base)
+    problems = []
+    for layer, (down, up) in sorted(factors.items()):
+        weight = base.get(f"{layer}.weight")
+        if weight is None:
+            problems.append(f"{layer}: no such linear layer in the base checkpoint")
+            continue
+        rank = down.shape[0]
+        if not (
+            weight.ndim == down.ndim == up.ndim == 2
+            and up.shape[1] == rank
+            and (up.shape[0], down.shape[1]) == tuple(weight.shape)
+        ):
+            problems.append(
+                f"{layer}: lora_A {tuple(down.shape)} and lora_B {tuple(up.shape)} do not fit "
+                f"its weight {tuple(weight.shape)}"
+            )
+            continue
+        merged[f"{layer}.weight"] = weight.float() + (lora_alpha / rank) * (
+            up.float() @ down.float()
+        )
+    if problems:
+        shown = "; ".join(problems[:_SHOWN]) + ("; ..." if len(problems) > _SHOWN else "")
+        raise ValueError(f"{source}: {len(problems)} LoRA layers do not fit the base: {shown}")
+    return merged
+
+
+# ----------------------------------------------------------------------------------------------
+# building the model
+
+
+def model_from_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config: WanConfig,
+    *,
+    source: str = "the state dict",
+    kind: str | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+) -> WanModel:
+    """A :class:`WanModel` whose parameters are ``state_dict``'s tensors (Wan names), strictly.
+
+    The model is built on the meta device and takes the tensors as its parameters (no second
+    copy, memory-mapped tensors stay mapped until cast); then :meth:`WanModel.set_dtype` casts
+    to ``dtype`` (modulation, time embedding and norm3 stay float32) and it moves to ``device``.
+
+    Raises
+    ------
+    ValueError
+        If names are missing or unexpected, or shapes differ from ``config``'s, all listed in
+        one message with the checkpoint's apparent size.
+    """
+    not_tensors = [
+        name for name, value in state_dict.items() if not isinstance(value, torch.Tensor)
+    ]
+    if not_tensors:
+        raise ValueError(f"{source}: {_listed(not_tensors, 'entries that are not tensors')}")
+    with torch.device("meta"):
+        model = WanModel(config)
+    _check_fits(model.state_dict(), state_dict, source=source, kind=kind)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    _assert_materialized(model)
+    model.set_dtype(dtype)
+    return model.to(device).eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class _ReadOptions:
+    use_ema: bool
+    lora: Path | None
+    lora_alpha: float | None
+
+
+@dataclass(frozen=True)
+class CheckpointKind:
+    """A checkpoint format: what it looks like and how to read it into Wan-named tensors."""
+
+    name: str
+    layout: str
+    read: Callable[[Path, _ReadOptions], StateDict]
+    takes_lora: bool = False
+
+
+CHECKPOINT_KINDS: dict[str, CheckpointKind] = {
+    kind.name: kind
+    for kind in (
+        CheckpointKind(
+            "self-forcing",
+            _SELF_FORCING_LAYOUT,
+            lambda path, options: read_self_forcing(path, use_ema=options.use_ema),
+        ),
+        CheckpointKind(
+            "causvid",
+            _CAUSVID_LAYOUT,
+            lambda path, options: read_causvid(path, use_ema=options.use_ema),
+        ),
+        CheckpointKind(
+            "longlive",
+            f"{_SELF_FORCING_LAYOUT}, plus lora= {_LONGLIVE_LORA_LAYOUT}",
+            lambda path, options: read_longlive(
+                path, options.lora, lora_alpha=options.lora_alpha, use_ema=options.use_ema
+            ),
+            takes_lora=True,
+        ),
+        CheckpointKind("diffusers", _DIFFUSERS_LAYOUT, lambda path, options: read_diffusers(path)),
+    )
+}
+
+
+def load_transformer(
+    path: str | Path,
+    config: WanConfig,
+    *,
+    kind: str = "self-forcing",
+    lora: str | Path | None = None,
+    lora_alpha: float | None = None,
+    use_ema: bool = True,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+) -> WanModel:
+    """Load a causal Wan transformer checkpoint, strictly, for inference.
+
+    Parameters
+    ----------
+    path:
+        The checkpoint file (``self-forcing``, ``causvid``, ``longlive`` base) or the diffusers
+        ``transformer/`` folder (``diffusers``).
+    config:
+        Shape of the model; the checkpoint must match it exactly.
+    kind:
+        One of :data:`CHECKPOINT_KINDS`: ``self-forcing``, ``causvid``, ``longlive``,
+        ``diffusers``. Never guessed from the file name.
+    lora, lora_alpha:
+        LongLive's LoRA file and its alpha (not stored in the file); ``longlive`` only.
+    use_ema:
+        Take ``generator_ema`` when the file has it, else ``generator``; ``False`` always takes
+        ``generator``.
+    device, dtype:
+        Where the model lives and the dtype of its weights (modulation, time embedding and norm3
+        stay float32).
+    """
+    try:
+        checkpoint_kind = CHECKPOINT_KINDS[kind]
+    except KeyError:
+        valid = ", ".join(repr(name) for name in CHECKPOINT_KINDS)
+        raise ValueError(f"unknown checkpoint kind {kind!r}; valid kinds: {valid}") from None
+    if checkpoint_kind.takes_lora and lora is None:
+        raise ValueError(
+            f"kind={kind!r} merges a LoRA: pass lora=<LoRA file> and lora_alpha; "
+            "to load the base model alone use kind='self-forcing'"
+        )
+    if not checkpoint_kind.takes_lora and (lora is not None or lora_alpha is not None):
+        raise ValueError(f"lora and lora_alpha are for kind='longlive' only, not kind={kind!r}")
+    path = Path(path)
+    options = _ReadOptions(use_ema, None if lora is None else Path(lora), lora_alpha)
+    state_dict = checkpoint_kind.read(path, options)
+    return model_from_state_dict(
+        state_dict, config, source=str(path), kind=kind, device=device, dtype=dtype
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _torch_load(path: Path, layout: str) -> object:
+    """``torch.load`` of tensors and plain containers only; memory-mapped for zip files."""
+    if path.is_dir():
+        raise ValueError(
+            f"{path} is a folder, expected {layout}; a diffusers transformer/ folder loads "
+            "with kind='diffusers'"
+        )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; expected {layout}")
+    try:
+        # mmap needs torch's zip format; legacy files still load with weights_only=True.
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path} is not a plain weights file: torch.load(weights_only=True) refused it "
+            f"({_unpickler_reason(error)}). We never unpickle arbitrary objects, since that can "
+            f"run code from the file. Expected {layout}; if you trust the file, re-save just "
+            "its tensors (torch.save of the state dicts, or safetensors) and load that."
+        ) from error
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    match = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\. Please|\n|$)", str(error))
+    if match:
+        return match.group(1)
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _is_tensor_mapping(value: object) -> bool:
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(tensor, torch.Tensor) for tensor in value.values())
+    )
+
+
+def _top_level(checkpoint: object) -> str:
+    if not isinstance(checkpoint, Mapping):
+        return f"the file holds a {type(checkpoint).__name__}"
+    keys = [repr(key) for key in checkpoint]
+    shown = ", ".join(keys[:16]) + (", ..." if len(keys) > 16 else "")
+    return f"top-level keys: {shown or 'none'}"
+
+
+def _generator(checkpoint: object, path: Path, use_ema: bool, layout: str) -> StateDict:
+    """The ``generator_ema`` (when wanted and present) or ``generator`` state dict."""
+    wanted = ("generator_ema", "generator") if use_ema else ("generator",)
+    if isinstance(checkpoint, Mapping):
+        for key in wanted:
+            if isinstance(checkpoint.get(key), Mapping):
+                return dict(checkpoint[key])
+    names = " or ".join(repr(key) for key in wanted)
+    advice = ""
+    if not use_ema and isinstance(checkpoint, Mapping) and "generator_ema" in checkpoint:
+        advice = "; use_ema=True loads its 'generator_ema'"
+    raise ValueError(
+        f"{path} has no {names} state dict ({_top_level(checkpoint)}){advice}; expected {layout}"
+    )
+
+
+def _wan_names(state_dict: StateDict, path: Path) -> StateDict:
+    renamed = strip_prefixes(drop_wrapper_segments(state_dict))
+    if len(renamed) != len(state_dict):
+        raise ValueError(
+            f"{path}: several tensors share one name once wrapper prefixes are removed"
+        )
+    return renamed
+
+
+def _diffusers_weight_files(folder: Path, *, required: bool) -> list[Path]:
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    single = folder / "diffusion_pytorch_model.safetensors"
+    if single.is_file():
+        return [single]
+    variants = sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
+    if len(variants) == 1 or not required:
+        return variants
+    found = ", ".join(sorted(entry.name for entry in folder.iterdir())[:16]) or "nothing"
+    reason = "several weight files, none of them the default" if variants else "no weights"
+    raise ValueError(f"{folder} has {reason} (found: {found}); expected {_DIFFUSERS_LAYOUT}")
+
+
+def _listed(names: list[str], what: str) -> str:
+    shown = ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
+    return f"{len(names)} {what} ({shown})"
+
+
+def _apparent_sizes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The model sizes a Wan-named state dict shows, from the tensors it has."""
+    sizes = {}
+    probes = {
+        "dim": ("patch_embedding.weight", 0),
+        "ffn_dim": ("blocks.0.ffn.0.weight", 0),
+        "text_dim": ("text_embedding.0.weight", 1),
+        "freq_dim": ("time_embedding.0.weight", 1),
+    }
+    for field, (name, axis) in probes.items():
+        tensor = state_dict.get(name)
+        if isinstance(tensor, torch.Tensor) and tensor.ndim > axis:
+            sizes[field] = tensor.shape[axis]
+    layers = {int(match[1]) for name in state_dict if (match := re.match(r"blocks\.(\d+)\.", name))}
+    if layers:
+        sizes["num_layers"] = max(layers) + 1
+    return sizes
+
+
+def _sizes_text(sizes: Mapping[str, int]) -> str:
+    return ", ".join(f"{field}={value}" for field, value in sizes.items()) or "no known tensors"
+
+
+def _hint(names: list[str], kind: str | None, shapes_differ: bool) -> str:
+    if kind != "diffusers" and any(
+        re.search(r"condition_embedder\.|\.attn[12]\.|scale_shift_table|^proj_out\.", name)
+        for name in names
+    ):
+        return "these are diffusers names: is this a diffusers folder? use kind='diffusers'"
+    if any(".lora_" in name for name in names):
+        return (
+            "these are LoRA factors: load the base file with kind='longlive' and pass this one "
+            "as lora="
+        )
+    if any(re.search(r"img_emb|\.k_img\.|\.v_img\.", name) for name in names):
+        return "these are image-to-video weights (img_emb, k_img, v_img); only text-to-video loads"
+    if shapes_differ:
+        return "the checkpoint is of another model size: pass the WanConfig (preset) that fits it"
+    return f"check that kind={kind!r} is the checkpoint's format"
+
+
+def _check_fits(
+    expected: Mapping[str, torch.Tensor],
+    found: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    kind: str | None,
+) -> None:
+    """One ValueError listing missing, unexpected and mis-shaped names, if there are any."""
+    missing = sorted(expected.keys() - found.keys())
+    unexpected = sorted(found.keys() - expected.keys())
+    mismatched = [
+        f"{name}: expected {tuple(tensor.shape)}, found {tuple(found[name].shape)}"
+        for name, tensor in expected.items()
+        if name in found and found[name].shape != tensor.shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    if missing:
+        problems.append(_listed(missing, "missing"))
+    if unexpected:
+        problems.append(_listed(unexpected, "unexpected"))
+    if mismatched:
+        problems.append(_listed(mismatched, "of another shape"))
+    apparent, configured = _apparent_sizes(found), _apparent_sizes(expected)
+    shapes_differ = bool(mismatched) or any(
+        apparent[field] != configured[field] for field in apparent.keys() & configured.keys()
+    )
+    raise ValueError(
+        f"{source} (kind={kind!r}) does not fit the model: "
+        + "; ".join(problems)
+        + f". The checkpoint looks like {_sizes_text(apparent)}; the config has "
+        + f"{_sizes_text(configured)}. Hint: {_hint(unexpected, kind, shapes_differ)}."
+    )
+
+
+def _assert_materialized(model: WanModel) -> None:
+    """Internal invariant: nothing of the model is left on the meta device."""
+    tensors = [*model.parameters(), *model.buffers()]
+    on_meta = [tensor for tensor in tensors if tensor.is_meta]
+    assert not on_meta, f"{len(on_meta)} tensors of the loaded model are still on the meta device"
