@@ -94,7 +94,8 @@ class Pipeline:
         self.height = height or preset.video.height
         self.width = width or preset.video.width
         check_size(self.height, self.width)
-        self.schedule = schedule or FlowSchedule()
+        video = preset.video
+        self.schedule = schedule or FlowSchedule(video.sampler_steps, video.sampler_shift)
 
     @classmethod
     def with_standins(

@@ -50,6 +50,9 @@ class VideoConfig:
     vae_stride: tuple[int, int, int] = (4, 8, 8)
     chunk_frames: int = 3
     trained_frames: int = 21
+    # the few-step sampler this model was made for (Self-Forcing: 4 steps, shift 5)
+    sampler_steps: tuple[int, ...] = (1000, 750, 500, 250)
+    sampler_shift: float = 5.0
 
 
 @dataclass(frozen=True)
