@@ -74,8 +74,9 @@ class AttentionRecorder:
         ]
         chunk = self.cache.chunk
         out = self._attend(layer, q, k, v, commit)
-        self.log.append(dict(layer=layer, q=q, k=k, v=v, out=out, commit=commit,
-                             chunk=chunk, reports=reports))  # fmt: skip
+        self.log.append(
+            dict(layer=layer, q=q, k=k, v=v, out=out, commit=commit, chunk=chunk, reports=reports)
+        )
         return out
 
 

@@ -26,6 +26,9 @@ def test_generate_writes_playable_mp4(tmp_path):
         (["--window-frames", "2"], "smaller than one chunk"),
         (["--window-frames", "6", "--sink-frames", "9"], "larger than the window"),
         (["--preset", "wan2.1-t2v-1.3b"], "needs real weights"),
+        (["--model", "sora"], "unknown --model 'sora'"),
+        (["--model", "self-forcing", "--wan-dir", "/nowhere"], "needs --checkpoint"),
+        (["--model", "causvid", "--checkpoint", "x.pt"], "exactly one of --wan-dir"),
     ],
 )
 def test_bad_input_gets_one_clear_error(tmp_path, capsys, argv, message):

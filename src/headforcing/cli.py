@@ -57,7 +57,10 @@ def policy_from_args(args: argparse.Namespace):
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--preset", default="tiny", help=f"one of {', '.join(sorted(PRESETS))}")
+    group.add_argument(
+        "--preset",
+        help=f"one of {', '.join(sorted(PRESETS))} (default: tiny; wan2.1-t2v-1.3b with --model)",
+    )
     group.add_argument(
         "--random-weights",
         action="store_true",
@@ -69,17 +72,55 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
 
 
+def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("real weights (docs/real-models.md)")
+    group.add_argument("--model", help="self-forcing, longlive, causvid or diffusers")
+    group.add_argument("--checkpoint", type=Path, help="the transformer .pt")
+    group.add_argument("--wan-dir", type=Path, help="original Wan2.1-T2V-1.3B folder")
+    group.add_argument("--diffusers-dir", type=Path, help="Wan2.1-T2V-1.3B-Diffusers folder")
+    group.add_argument("--lora", type=Path, help="LongLive LoRA .pt, merged at load")
+    group.add_argument("--lora-alpha", type=float, help="LongLive LoRA alpha (LongLive: 256)")
+    group.add_argument("--text-device", help="device of the umT5 encoder (default: --device)")
+    group.add_argument(
+        "--keep-text-encoder",
+        action="store_true",
+        help="keep umT5 loaded after encoding (default: free it)",
+    )
+
+
 def build_pipeline(args: argparse.Namespace):
     from headforcing.pipeline import Pipeline
 
-    preset = get_preset(args.preset)
+    model_kind = getattr(args, "model", None)
+    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if model_kind else "tiny"))
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    if model_kind:
+        from headforcing.io.wan_files import RealFiles, load_real_parts
+
+        files = RealFiles(
+            model=model_kind,
+            checkpoint=args.checkpoint,
+            wan_dir=args.wan_dir,
+            diffusers_dir=args.diffusers_dir,
+            lora=args.lora,
+            lora_alpha=args.lora_alpha,
+        )
+        text_device = resolve_device(args.text_device) if args.text_device else device
+        parts = load_real_parts(
+            files,
+            preset.model,
+            device=device,
+            dtype=dtype,
+            text_device=text_device,
+            keep_text_encoder=args.keep_text_encoder,
+        )
+        return Pipeline(preset, *parts, height=args.height, width=args.width)
     standins = not (preset.has_text_encoder or preset.has_vae)
     if not (standins or args.random_weights):
         raise ValueError(
-            f"preset {preset.name!r} needs real weights, which this build cannot load yet; "
-            "pass --random-weights to run it with random weights"
+            f"preset {preset.name!r} needs real weights: pass --model and its files "
+            "(docs/real-models.md), or --random-weights to time it with random weights"
         )
     return Pipeline.with_standins(
         preset.name, device=device, dtype=dtype, height=args.height, width=args.width
@@ -186,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
     add_model_arguments(generate)
+    add_real_model_arguments(generate)
     add_policy_arguments(generate)
     generate.set_defaults(run=cmd_generate)
 

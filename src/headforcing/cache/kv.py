@@ -233,9 +233,13 @@ class KVCache:
             for g in groups:
                 heads = slice(g.start, g.stop)
                 out[:, :, heads] = g.attend(
-                    q[:, :, heads], k[:, :, heads], v[:, :, heads],
-                    chunk, self._spatial_cos_sin, commit,
-                )  # fmt: skip
+                    q[:, :, heads],
+                    k[:, :, heads],
+                    v[:, :, heads],
+                    chunk,
+                    self._spatial_cos_sin,
+                    commit,
+                )
         if commit and layer == len(self.layers) - 1:
             self.frames_done = chunk.end_frame
             self.chunk = None
