@@ -69,7 +69,7 @@ class AttentionRecorder:
 
     def attend(self, layer, q, k, v, commit):
         reports = [
-            (g.start, g.stop, g.token_ids.clone(), g.layout.context.clone(), g.layout.chunk.clone())
+            (list(g.heads), g.token_ids.clone(), g.layout.context.clone(), g.layout.chunk.clone())
             for g in self.cache.layers[layer]
         ]
         chunk = self.cache.chunk
@@ -87,8 +87,7 @@ def check_against_reference(recorder: AttentionRecorder, head_dim: int, tokens_p
     checked = 0
     for entry in recorder.log:
         layer, chunk = entry["layer"], entry["chunk"]
-        for start, stop, token_ids, context_pos, chunk_pos in entry["reports"]:
-            heads = slice(start, stop)
+        for heads, token_ids, context_pos, chunk_pos in entry["reports"]:
             q = entry["q"][:, :, heads].transpose(1, 2)
             spatial = torch.arange(chunk.num_tokens) % tokens_per_frame
             frame_pos = chunk_pos.repeat_interleave(tokens_per_frame)
@@ -103,14 +102,15 @@ def check_against_reference(recorder: AttentionRecorder, head_dim: int, tokens_p
                 ctx_angles = reference_rope_angles(
                     head_dim, context_pos, spatial // width, spatial % width
                 )
-                past_k = committed_k[layer][:, token_ids, heads].transpose(1, 2)
+                past_k = committed_k[layer][:, token_ids][:, :, heads].transpose(1, 2)
                 keys.insert(0, reference_rotate(past_k, ctx_angles))
-                values.insert(0, committed_v[layer][:, token_ids, heads].transpose(1, 2).double())
+                past_v = committed_v[layer][:, token_ids][:, :, heads].transpose(1, 2)
+                values.insert(0, past_v.double())
             expected = naive_attention(
                 reference_rotate(q, chunk_angles), torch.cat(keys, 2), torch.cat(values, 2)
             )
             actual = entry["out"][:, :, heads].transpose(1, 2)
-            assert relative_error(actual, expected) <= 1e-5, (layer, chunk, start)
+            assert relative_error(actual, expected) <= 1e-5, (layer, chunk, heads)
             checked += 1
         if entry["commit"]:
             for store, name in ((committed_k, "k"), (committed_v, "v")):

@@ -142,6 +142,7 @@ class Pipeline:
             self.preset.model,
             *self.token_grid,
             self.preset.video.chunk_frames,
+            self.preset.video.trained_frames,
             device=self.model.device,
             dtype=self.model.dtype,
         )

@@ -1,18 +1,21 @@
 """What a cache policy is: which heads form groups, and what each group keeps.
 
 A policy is a small ``@dataclass`` (one per file in ``policies/``). For every layer it returns
-head groups, each a contiguous range of heads with a :class:`Retention` rule. After every
-committed chunk the rule says which stored tokens to keep; before every chunk it lays the kept
-tokens out on temporal positions.
+head groups, each a set of heads with a :class:`Retention` rule. After every committed chunk the
+rule says which stored tokens to keep; before every chunk it lays the kept tokens out on
+temporal positions.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
+
+if TYPE_CHECKING:
+    from headforcing.cache.kv import HeadGroup
 
 POSITION_MODES = ("absolute", "relative")
 
@@ -33,44 +36,54 @@ class Layout:
     chunk: torch.Tensor
 
 
+def relative_layout(slots: torch.Tensor, chunk_frames: int) -> Layout:
+    """Distinct ``slots`` (ascending per token) on consecutive positions, the chunk after."""
+    if slots.numel() == 0:
+        return Layout(context=slots, chunk=torch.arange(chunk_frames))
+    changes = torch.ones_like(slots, dtype=torch.bool)
+    changes[1:] = slots[1:] != slots[:-1]
+    context = torch.cumsum(changes, 0) - 1
+    return Layout(context=context, chunk=torch.arange(chunk_frames) + int(context[-1]) + 1)
+
+
 class Retention(ABC):
-    """The rule of one head group: what to keep and where to put it."""
+    """The rule of one head group: what to keep and where to put it.
+
+    ``wants_importance``: the group then keeps, for every stored token, the attention mass that
+    sampled queries of committed chunks gave it (see ``KVCache``), for the rule to select by.
+    """
 
     positions: str = "absolute"
+    wants_importance: ClassVar[bool] = False
 
     @abstractmethod
-    def retain(
-        self, frame_ids: torch.Tensor, frames_done: int, chunk_frames: int
-    ) -> torch.Tensor | None:
-        """Indices (ascending) of the tokens to keep, or ``None`` to keep all.
+    def retain(self, group: HeadGroup, frames_done: int, chunk_frames: int) -> torch.Tensor | None:
+        """Indices (ascending) of the group's stored tokens to keep, or ``None`` to keep all.
 
-        frame_ids: ``[N]`` absolute latent frame of every stored token, the chunk just committed
-        included; frames_done: frames generated so far (the next chunk starts there);
-        chunk_frames: frames per chunk.
+        Called right after a chunk was appended to ``group`` (``group.token_ids``,
+        ``group.frame_ids``, ``group.keys``, ``group.importance``); frames_done: frames generated
+        so far (the next chunk starts there); chunk_frames: frames per chunk.
         """
 
-    def layout(self, frame_ids: torch.Tensor, chunk_first: int, chunk_frames: int) -> Layout:
+    def layout(self, group: HeadGroup, chunk_first: int, chunk_frames: int) -> Layout:
         """Positions of the kept tokens and of the next chunk.
 
         ``absolute``: every token at its own frame index (Self-Forcing). ``relative``: the kept
         frames on consecutive positions from 0 in order, the chunk right after them.
         """
-        device = frame_ids.device
-        chunk_ids = torch.arange(chunk_first, chunk_first + chunk_frames, device=device)
+        frame_ids = group.frame_ids
         if self.positions == "absolute":
-            return Layout(context=frame_ids, chunk=chunk_ids)
-        kept_frames, slots = torch.unique(frame_ids, sorted=True, return_inverse=True)
-        chunk = torch.arange(chunk_frames, device=device) + kept_frames.numel()
-        return Layout(context=slots, chunk=chunk)
+            return Layout(frame_ids, torch.arange(chunk_first, chunk_first + chunk_frames))
+        return relative_layout(frame_ids, chunk_frames)
 
 
 @dataclass(frozen=True)
 class HeadGroupSpec:
-    """Heads ``start:stop`` of a layer that share one store and one rule."""
+    """Heads of a layer that share one store and one rule; ``label`` names the head type."""
 
-    start: int
-    stop: int
+    heads: tuple[int, ...]
     rule: Retention
+    label: str = "all"
 
 
 class CachePolicy(Retention):
@@ -82,11 +95,12 @@ class CachePolicy(Retention):
 
     name: ClassVar[str]
 
-    def check_chunk(self, chunk_frames: int) -> None:
-        """Validate the parameters against the chunk size; raise ValueError if they clash."""
+    def check(self, chunk_frames: int, trained_frames: int) -> None:
+        """Validate the parameters against the chunk size and the trained range of positions;
+        raise ValueError if they clash."""
 
-    def head_groups(self, layer: int, num_heads: int) -> list[HeadGroupSpec]:
-        return [HeadGroupSpec(0, num_heads, self)]
+    def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
+        return [HeadGroupSpec(tuple(range(num_heads)), self)]
 
     def describe(self) -> str:
         return self.name

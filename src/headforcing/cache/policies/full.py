@@ -26,5 +26,5 @@ class FullPolicy(CachePolicy):
     def __post_init__(self) -> None:
         check_position_mode(self.positions)
 
-    def retain(self, frame_ids, frames_done, chunk_frames):
+    def retain(self, group, frames_done, chunk_frames):
         return None

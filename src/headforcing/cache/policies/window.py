@@ -48,7 +48,7 @@ class WindowPolicy(CachePolicy):
             )
         check_position_mode(self.positions)
 
-    def check_chunk(self, chunk_frames: int) -> None:
+    def check(self, chunk_frames: int, trained_frames: int) -> None:
         if self.window_frames < chunk_frames:
             raise ValueError(
                 f"window_frames ({self.window_frames}) is smaller than one chunk "
@@ -61,9 +61,10 @@ class WindowPolicy(CachePolicy):
                 f"{self.window_frames - chunk_frames} or a larger window"
             )
 
-    def retain(self, frame_ids: torch.Tensor, frames_done: int, chunk_frames: int) -> torch.Tensor:
+    def retain(self, group, frames_done: int, chunk_frames: int) -> torch.Tensor:
         # the next chunk brings chunk_frames of its own; the sink and the most recent fill the rest
         recent_frames = self.window_frames - self.sink_frames - chunk_frames
+        frame_ids = group.frame_ids
         keep = (frame_ids < self.sink_frames) | (frame_ids >= frames_done - recent_frames)
         return keep.nonzero().squeeze(1)
 
