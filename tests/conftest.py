@@ -8,9 +8,11 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def _deterministic():
+def _deterministic(tmp_path_factory, monkeypatch):
     torch.manual_seed(0)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # stored head maps go to a fresh folder, never to the user's cache
+    monkeypatch.setenv("HEADFORCING_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
     yield
 
 
@@ -33,3 +35,16 @@ def random_model(config: WanConfig, seed: int = 0) -> WanModel:
             else:
                 param.copy_(torch.randn_like(param) / max(param.shape[-1], 1) ** 0.5)
     return model.eval()
+
+
+def random_head_map(config: WanConfig, seed: int = 0, preset: str = "test"):
+    """Every layer gets each head type at least once (when it has 3+ heads), in random order."""
+    from headforcing.heads import HEAD_TYPES, HeadMap
+
+    generator = torch.Generator().manual_seed(seed)
+    labels = []
+    for _ in range(config.num_layers):
+        row = [HEAD_TYPES[i % 3] for i in range(config.num_heads)]
+        order = torch.randperm(config.num_heads, generator=generator).tolist()
+        labels.append(tuple(row[i] for i in order))
+    return HeadMap(preset=preset, labels=tuple(labels))

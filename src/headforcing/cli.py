@@ -31,12 +31,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window") -> None:
-    group = parser.add_argument_group("cache policy")
+    group = parser.add_argument_group("cache policy (docs/policies.md)")
     group.add_argument("--policy", default=default, help=f"one of {', '.join(POLICIES)}")
     group.add_argument(
         "--window-frames", type=int, help="window/sink: frames attended, chunk included"
     )
-    group.add_argument("--sink-frames", type=int, help="window/sink: first frames kept for ever")
+    group.add_argument("--sink-frames", type=int, help="first frames kept for ever")
     group.add_argument(
         "--positions",
         choices=("absolute", "relative"),
@@ -44,15 +44,58 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
         help="temporal RoPE positions: 'absolute' = Self-Forcing exactly; 'relative' (default) "
         "lays the kept frames out on consecutive positions so none leaves the trained range",
     )
+    heads = parser.add_argument_group("head_forcing (docs/head-forcing.md)")
+    heads.add_argument("--head-map", type=Path, help="head map JSON (default: stored or online)")
+    heads.add_argument("--local-frames", type=int, help="frames local heads keep")
+    heads.add_argument("--anchor-recent-frames", type=int, help="recent frames of anchor heads")
+    heads.add_argument("--working-frames", type=int, help="working memory of memory heads")
+    heads.add_argument("--max-episodes", type=int, help="episodes of memory heads")
+    heads.add_argument("--episode-frames", type=float, help="tokens per episode, in frames")
+    heads.add_argument("--novelty-threshold", type=float, help="key distance opening an episode")
+
+
+HEAD_FORCING_PARAMS = (
+    "local_frames",
+    "anchor_recent_frames",
+    "working_frames",
+    "max_episodes",
+    "episode_frames",
+    "novelty_threshold",
+)
 
 
 def policy_from_args(args: argparse.Namespace):
+    params = {name: getattr(args, name, None) for name in HEAD_FORCING_PARAMS}
     return make_policy(
         args.policy,
         window_frames=args.window_frames,
         sink_frames=args.sink_frames,
         positions=args.positions,
+        **params,
     )
+
+
+def attach_head_map(policy, args: argparse.Namespace, pipeline):
+    """A head_forcing policy gets --head-map, else the map stored for these weights, else none
+    (then the run profiles online and stores the map)."""
+    from headforcing.cache.policies import HeadForcingPolicy
+    from headforcing.heads.headmap import HeadMap
+    from headforcing.heads.store import load_stored_map, stored_map_path
+
+    config = pipeline.model.config
+    if not isinstance(policy, HeadForcingPolicy):
+        if args.head_map is not None:
+            raise ValueError(f"--head-map is for --policy head_forcing, not {policy.name}")
+        return policy, "-"
+    if args.head_map is not None:
+        head_map, source = HeadMap.load(args.head_map), str(args.head_map)
+    else:
+        head_map = load_stored_map(pipeline.preset.name, pipeline.weights_id)
+        source = str(stored_map_path(pipeline.preset.name, pipeline.weights_id))
+        if head_map is None:
+            return policy, "profiled online during chunks 3-6"
+    head_map.check(pipeline.preset.name, config.num_layers, config.num_heads)
+    return policy.with_head_map(head_map), source
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +158,12 @@ def build_pipeline(args: argparse.Namespace):
             text_device=text_device,
             keep_text_encoder=args.keep_text_encoder,
         )
-        return Pipeline(preset, *parts, height=args.height, width=args.width)
+        from headforcing.heads.store import fingerprint
+
+        weights_id = fingerprint(files.transformer_path)
+        if files.lora is not None:
+            weights_id += "-" + fingerprint(files.lora)
+        return Pipeline(preset, *parts, height=args.height, width=args.width, weights_id=weights_id)
     standins = not (preset.has_text_encoder or preset.has_vae)
     if not (standins or args.random_weights):
         raise ValueError(
@@ -130,12 +178,14 @@ def build_pipeline(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from headforcing.heads.store import store_map
     from headforcing.io.video import VideoWriter
     from headforcing.pipeline import latent_frames_for_seconds
 
     # prepare input
     policy = policy_from_args(args)
     pipeline = build_pipeline(args)
+    policy, head_map_source = attach_head_map(policy, args, pipeline)
     video = pipeline.preset.video
     if args.frames is not None:
         num_frames = args.frames
@@ -150,6 +200,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"policy {policy.describe()} ({policy.positions} positions)",
         file=sys.stderr,
     )
+    if head_map_source != "-":
+        print(f"head map: {head_map_source}", file=sys.stderr)
+
+    def on_head_map(head_map) -> None:
+        path = store_map(head_map, pipeline.weights_id)
+        counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
+        tqdm.write(f"head map fixed ({counts}), saved to {path}", file=sys.stderr)
 
     # denoise, decode, write: chunk by chunk
     out = Path(args.out)
@@ -157,7 +214,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with VideoWriter(out, fps=video.fps) as writer:
         bar = tqdm(total=num_frames, unit="frame", desc="generating", file=sys.stderr)
         try:
-            for chunk in pipeline.stream(args.prompt, num_frames, policy, seed=args.seed):
+            stream = pipeline.stream(
+                args.prompt, num_frames, policy, seed=args.seed, on_head_map=on_head_map
+            )
+            for chunk in stream:
                 writer.write(chunk.frames[0])
                 bar.update(chunk.latents.shape[2])
                 bar.set_postfix(kv_mib=f"{chunk.kv_bytes / 2**20:.1f}", max_pos=chunk.max_position)
@@ -174,6 +234,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_head_map(pipeline, path: Path | None):
+    """--head-map, else a map profiled on the benchmark's own model (one 21-frame rollout)."""
+    from headforcing.heads.headmap import HeadMap
+    from headforcing.heads.profile import profile_heads
+
+    if path is not None:
+        return HeadMap.load(path)
+    print("profiling the benchmark model for a head map (one rollout)", file=sys.stderr)
+    return profile_heads(pipeline, ["a calibration prompt"])
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from headforcing.bench import BenchRow, bench_policy, estimated_full_bytes, format_table
     from headforcing.pipeline import latent_frames_for_seconds
@@ -184,6 +255,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rows = []
     for name in args.policies:
         policy = make_policy(name, positions=args.positions)
+        if name == "head_forcing":
+            policy = policy.with_head_map(bench_head_map(pipeline, args.head_map))
         for seconds in args.seconds:
             frames = latent_frames_for_seconds(seconds, pipeline.preset.video.fps)
             if name == "full" and device.type == "cuda":
@@ -210,6 +283,45 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from headforcing.heads.plot import plot_head_map
+    from headforcing.heads.profile import ProfileSettings, profile_heads
+    from headforcing.heads.store import store_map
+
+    prompts = list(args.prompt)
+    if args.prompts is not None:
+        lines = args.prompts.read_text().splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("give prompts: PROMPT arguments or --prompts FILE (one per line)")
+    settings = ProfileSettings(
+        chunks=tuple(args.chunks), query_rows=args.query_rows, frames=args.frames
+    )
+    pipeline = build_pipeline(args)
+    bar = tqdm(total=len(prompts), unit="prompt", desc="profiling", file=sys.stderr)
+    head_map = profile_heads(
+        pipeline,
+        prompts,
+        settings,
+        rule=args.rule,
+        seed=args.seed,
+        progress=lambda done, total: bar.update(1),
+        anchor_fraction=args.anchor_fraction,
+        local_fraction=args.local_fraction,
+        anchor_threshold=args.anchor_threshold,
+        local_threshold=args.local_threshold,
+    )
+    bar.close()
+    out = head_map.save(args.out)
+    png = plot_head_map(head_map, args.png or out.with_suffix(".png"))
+    stored = store_map(head_map, pipeline.weights_id)
+    counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
+    print(f"head map ({counts}): {out}, picture {png}; stored for reuse as {stored}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headforcing",
@@ -231,11 +343,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_policy_arguments(generate)
     generate.set_defaults(run=cmd_generate)
 
+    profile = commands.add_parser("profile", help="measure and classify attention heads")
+    profile.add_argument("prompt", nargs="*", help="calibration prompts")
+    profile.add_argument("--prompts", type=Path, help="a file of prompts, one per line")
+    profile.add_argument("--out", type=Path, default=Path("head_map.json"))
+    profile.add_argument("--png", type=Path, help="the picture (default: next to --out)")
+    profile.add_argument("--frames", type=int, default=21, help="latent frames per rollout")
+    profile.add_argument("--chunks", type=int, nargs="+", default=[3, 4, 5, 6])
+    profile.add_argument("--query-rows", type=int, default=64)
+    profile.add_argument("--seed", type=int, default=0)
+    rules = profile.add_argument_group("classification rule")
+    rules.add_argument("--rule", default="percentile", choices=("percentile", "threshold"))
+    rules.add_argument("--anchor-fraction", type=float, help="percentile: share of anchors")
+    rules.add_argument("--local-fraction", type=float, help="percentile: local share of rest")
+    rules.add_argument("--anchor-threshold", type=float, help="threshold: sink mass")
+    rules.add_argument("--local-threshold", type=float, help="threshold: current-chunk mass")
+    add_model_arguments(profile)
+    add_real_model_arguments(profile)
+    profile.set_defaults(run=cmd_profile)
+
     bench = commands.add_parser("bench", help="ms per DiT pass, frames/s and K/V bytes by length")
-    bench.add_argument("--policies", nargs="+", default=["full", "window", "sink"])
+    bench.add_argument("--policies", nargs="+", default=["full", "window", "sink", "head_forcing"])
     bench.add_argument("--seconds", nargs="+", type=float, default=[5, 30, 60, 120])
     bench.add_argument("--chunks", type=int, default=2, help="timed chunks per row")
     bench.add_argument("--positions", default="relative", choices=("absolute", "relative"))
+    bench.add_argument("--head-map", type=Path, help="head_forcing: map (default: profiled)")
     add_model_arguments(bench)
     bench.set_defaults(run=cmd_bench)
     return parser

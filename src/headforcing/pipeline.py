@@ -8,18 +8,26 @@ denoise, commit the clean K/V, decode.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
 from headforcing.cache import CachePolicy, KVCache
+from headforcing.cache.policies import HeadForcingPolicy
+from headforcing.heads.headmap import HeadMap
+from headforcing.heads.profile import HeadProfiler, ProfileSettings, classify
 from headforcing.io.decoders import LatentDecoder, PreviewDecoder
 from headforcing.io.text import HashedTextEncoder, TextEncoder
 from headforcing.model import Preset, WanModel, get_preset
-from headforcing.sampling import FlowSchedule, generate_chunks
+from headforcing.sampling import FlowSchedule, LatentChunk, generate_chunks
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
+
+# Online profiling of a head_forcing run without a head map: chunks 3-6 (frames 9-20, inside
+# the trained window, where the warm-up group keeps everything), 64 query rows per pass,
+# denoising passes; then the percentile rule. The map is fixed from chunk 7 on.
+ONLINE_PROFILE = ProfileSettings()
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,9 @@ class Pipeline:
     height, width:
         Output size in pixels, multiples of 16.
     schedule:
-        The few-step sampler schedule.
+        The few-step sampler schedule (default: the preset's).
+    weights_id:
+        Names the weights (a checkpoint fingerprint): head maps are stored under it.
     """
 
     def __init__(
@@ -86,8 +96,10 @@ class Pipeline:
         height: int | None = None,
         width: int | None = None,
         schedule: FlowSchedule | None = None,
+        weights_id: str = "unnamed",
     ) -> None:
         self.preset = preset
+        self.weights_id = weights_id
         self.model = model
         self.text_encoder = text_encoder
         self.decoder = decoder
@@ -122,6 +134,7 @@ class Pipeline:
             ),
             height=height,
             width=width,
+            weights_id="random-seed0",
         )
 
     @property
@@ -147,26 +160,79 @@ class Pipeline:
             dtype=self.model.dtype,
         )
 
-    def stream(
-        self, prompt: str, num_frames: int, policy: CachePolicy, seed: int = 0
-    ) -> Iterator[VideoChunk]:
-        """Generate ``num_frames`` latent frames for ``prompt``, yielding decoded chunks."""
+    def generate_latents(
+        self, prompt: str, num_frames: int, cache: KVCache, seed: int = 0
+    ) -> Iterator[LatentChunk]:
+        """The AR chunk loop on ``cache``, yielding latent chunks (no decoding)."""
         if num_frames < 1:
             raise ValueError(f"the number of latent frames must be >= 1, got {num_frames}")
         if not prompt.strip():
             raise ValueError("the prompt is empty")
         with torch.inference_mode():
-            # prepare input
-            cache = self.new_cache(policy)
             context = self.model.encode_text(self.text_encoder.encode([prompt]))
             generator = torch.Generator().manual_seed(seed)
-            self.decoder.reset()
-            # denoise chunk by chunk, then decode each chunk as it is done
-            chunks = generate_chunks(
+            yield from generate_chunks(
                 self.model, cache, context, num_frames, self.latent_shape, generator, self.schedule
             )
-            for chunk in chunks:
+
+    def stream(
+        self,
+        prompt: str,
+        num_frames: int,
+        policy: CachePolicy,
+        seed: int = 0,
+        on_head_map: Callable[[HeadMap], None] | None = None,
+    ) -> Iterator[VideoChunk]:
+        """Generate ``num_frames`` latent frames for ``prompt``, yielding decoded chunks.
+
+        A ``head_forcing`` policy without a head map profiles the heads online during the
+        first chunks (:data:`ONLINE_PROFILE`), then fixes the map, regroups the cache and hands
+        the map to ``on_head_map`` (to save it for later runs).
+        """
+        # prepare input
+        cache = self.new_cache(policy)
+        profiler = None
+        if isinstance(policy, HeadForcingPolicy) and policy.head_map is None:
+            config = self.model.config
+            chunk_frames = self.preset.video.chunk_frames
+            profiler = HeadProfiler(
+                config.num_layers, config.num_heads, chunk_frames, ONLINE_PROFILE
+            )
+            cache.observers.append(profiler)
+            profiled_frames = (max(ONLINE_PROFILE.chunks) + 1) * chunk_frames
+        self.decoder.reset()
+        # denoise chunk by chunk, then decode each chunk as it is done
+        for chunk in self.generate_latents(prompt, num_frames, cache, seed):
+            if profiler is not None and cache.frames_done >= profiled_frames:
+                head_map = self._online_head_map(profiler, prompt, seed)
+                cache.observers.remove(profiler)
+                cache.regroup(policy.with_head_map(head_map))
+                profiler = None
+                if on_head_map is not None:
+                    on_head_map(head_map)
+            with torch.inference_mode():
                 frames = self.decoder.decode_chunk(chunk.latents)
-                yield VideoChunk(
-                    chunk.first_frame, chunk.latents, frames, cache.bytes_held(), cache.max_position
-                )
+            yield VideoChunk(
+                chunk.first_frame, chunk.latents, frames, cache.bytes_held(), cache.max_position
+            )
+
+    def _online_head_map(self, profiler: HeadProfiler, prompt: str, seed: int) -> HeadMap:
+        labels, rule = classify(profiler.stats())
+        settings = profiler.settings
+        return HeadMap(
+            preset=self.preset.name,
+            labels=labels,
+            stats=profiler.stats(),
+            rule=rule,
+            calibration={
+                "online": True,
+                "prompts": [prompt],
+                "chunks": list(settings.chunks),
+                "query_rows": settings.query_rows,
+                "sink_frames": settings.sink_frames,
+                "recent_frames": settings.recent_frames,
+                "passes": "denoising",
+                "token_grid": list(self.token_grid),
+                "seed": seed,
+            },
+        )

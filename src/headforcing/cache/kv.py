@@ -58,9 +58,14 @@ class AttentionObserver(Protocol):
     """Sees every group's rotated queries and keys (the head profiler is one)."""
 
     def observe(
-        self, layer: int, group: HeadGroup, q: torch.Tensor, keys: torch.Tensor,
-        chunk: ChunkInfo, commit: bool,
-    ) -> None: ...  # fmt: skip
+        self,
+        layer: int,
+        group: HeadGroup,
+        q: torch.Tensor,
+        keys: torch.Tensor,
+        chunk: ChunkInfo,
+        commit: bool,
+    ) -> None: ...
 
 
 def sample_rows(length: int, count: int) -> torch.Tensor:

@@ -86,21 +86,29 @@ class HeadGroupSpec:
     label: str = "all"
 
 
-class CachePolicy(Retention):
-    """A policy whose every head in every layer follows one rule (itself).
+class CachePolicy(ABC):
+    """Splits every layer's heads into groups, each with a :class:`Retention` rule.
 
-    Subclasses are dataclasses with a ``name`` and validated parameters; policies with several
-    head groups override :meth:`head_groups`.
+    Subclasses are dataclasses with a ``name`` and validated parameters.
     """
 
     name: ClassVar[str]
+    positions: str = "absolute"
 
-    def check(self, chunk_frames: int, trained_frames: int) -> None:
+    def check(self, chunk_frames: int, trained_frames: int) -> None:  # noqa: B027 (optional hook)
         """Validate the parameters against the chunk size and the trained range of positions;
-        raise ValueError if they clash."""
+        raise ValueError if they clash. Nothing to check by default."""
 
+    @abstractmethod
     def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
-        return [HeadGroupSpec(tuple(range(num_heads)), self)]
+        """The head groups of ``layer``, each with a fresh rule (rules may hold state)."""
 
     def describe(self) -> str:
         return self.name
+
+
+class UniformPolicy(CachePolicy, Retention):
+    """A policy whose every head in every layer follows one rule: itself."""
+
+    def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
+        return [HeadGroupSpec(tuple(range(num_heads)), self)]

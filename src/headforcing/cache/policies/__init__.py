@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from headforcing.cache.policies.full import FullPolicy
+from headforcing.cache.policies.head_forcing import HeadForcingPolicy
 from headforcing.cache.policies.sink import SinkPolicy
 from headforcing.cache.policies.window import WindowPolicy
 from headforcing.cache.policy import CachePolicy
 
 POLICIES: dict[str, type[CachePolicy]] = {
-    policy.name: policy for policy in (FullPolicy, WindowPolicy, SinkPolicy)
+    policy.name: policy for policy in (FullPolicy, WindowPolicy, SinkPolicy, HeadForcingPolicy)
 }
 
 
@@ -26,4 +27,11 @@ def make_policy(name: str, **params) -> CachePolicy:
     return policy_cls(**{key: value for key, value in params.items() if value is not None})
 
 
-__all__ = ["POLICIES", "FullPolicy", "SinkPolicy", "WindowPolicy", "make_policy"]
+__all__ = [
+    "POLICIES",
+    "FullPolicy",
+    "HeadForcingPolicy",
+    "SinkPolicy",
+    "WindowPolicy",
+    "make_policy",
+]

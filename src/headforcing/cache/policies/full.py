@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from headforcing.cache.policy import CachePolicy, check_position_mode
+from headforcing.cache.policy import UniformPolicy, check_position_mode
 
 
 @dataclass
-class FullPolicy(CachePolicy):
+class FullPolicy(UniformPolicy):
     """Keep everything.
 
     Parameters

@@ -11,11 +11,11 @@ from typing import ClassVar
 
 import torch
 
-from headforcing.cache.policy import CachePolicy, check_position_mode
+from headforcing.cache.policy import UniformPolicy, check_position_mode
 
 
 @dataclass
-class WindowPolicy(CachePolicy):
+class WindowPolicy(UniformPolicy):
     """Attend to a window of ``window_frames`` latent frames, current chunk included.
 
     Parameters

@@ -1,0 +1,153 @@
+"""``head_forcing``: a KV cache per attention-head type (Head Forcing, arXiv 2605.14487).
+
+Heads play different roles: **local** heads refine detail from the newest frames, **anchor**
+heads hold structure on the first frames (the sink), **memory** heads gather long-range
+context. Each type gets its own cache, one attention call per type (group) and layer:
+
+- local: the last ``local_frames`` frames;
+- anchor: the ``sink_frames`` first frames + the last ``anchor_recent_frames``;
+- memory: the hierarchical memory of :class:`~headforcing.cache.memory.EpisodicMemory`
+  (sink, episodic memory, working memory).
+
+Head-wise RoPE re-encoding: with ``positions="relative"`` (the default) every group lays its own
+kept tokens out on compact temporal slots and puts the chunk right after, so no head ever sees a
+position at or past the trained range (21 latent frames for Wan2.1), however long the video.
+The paper's memory sizes and update rule are not public: these are ours, see docs/head-forcing.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+from headforcing.cache.memory import EpisodicMemory
+from headforcing.cache.policies.window import WindowPolicy
+from headforcing.cache.policy import CachePolicy, HeadGroupSpec, check_position_mode
+from headforcing.heads.headmap import HEAD_TYPES, HeadMap
+
+
+@dataclass
+class HeadForcingPolicy(CachePolicy):
+    """Per-head-type caches driven by a head map.
+
+    Parameters
+    ----------
+    head_map:
+        Labels of every head. ``None``: one warm-up group that keeps the trained window until a
+        map is set (the pipeline profiles the first chunks online, then regroups).
+    local_frames:
+        Frames local heads keep before the chunk.
+    sink_frames:
+        First frames kept by anchor and memory heads.
+    anchor_recent_frames:
+        Recent frames anchor heads keep besides the sink.
+    working_frames, max_episodes, episode_frames, novelty_threshold, episode_span_frames,
+    importance_decay:
+        Memory heads, see :class:`~headforcing.cache.memory.EpisodicMemory`.
+    warmup_frames:
+        Frames (chunk included) every head keeps while no head map is set: the trained range,
+        so that online profiling sees the whole history.
+    positions:
+        ``relative`` (head-wise re-encoding) or ``absolute`` (every token at its own frame).
+    """
+
+    name: ClassVar[str] = "head_forcing"
+    head_map: HeadMap | None = field(default=None, repr=False)
+    local_frames: int = 6
+    sink_frames: int = 3
+    anchor_recent_frames: int = 6
+    working_frames: int = 6
+    max_episodes: int = 6
+    episode_frames: float = 1.0
+    novelty_threshold: float = 0.1
+    episode_span_frames: int = 9
+    importance_decay: float = 0.9
+    warmup_frames: int = 21
+    positions: str = "relative"
+
+    def __post_init__(self) -> None:
+        check_position_mode(self.positions)
+        for name in (
+            "local_frames",
+            "sink_frames",
+            "anchor_recent_frames",
+            "working_frames",
+            "max_episodes",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.episode_span_frames < 1:
+            raise ValueError(f"episode_span_frames must be >= 1, got {self.episode_span_frames}")
+        if not self.episode_frames > 0:
+            raise ValueError(f"episode_frames must be > 0, got {self.episode_frames}")
+        if not 0 <= self.novelty_threshold <= 2:
+            raise ValueError(f"novelty_threshold must lie in [0, 2], got {self.novelty_threshold}")
+        if not 0 < self.importance_decay <= 1:
+            raise ValueError(f"importance_decay must lie in (0, 1], got {self.importance_decay}")
+
+    def with_head_map(self, head_map: HeadMap) -> HeadForcingPolicy:
+        return replace(self, head_map=head_map)
+
+    def extents(self, chunk_frames: int) -> dict[str, int]:
+        """Temporal slots each head type spans with relative positions, the chunk included."""
+        return {
+            "local": self.local_frames + chunk_frames,
+            "anchor": self.sink_frames + self.anchor_recent_frames + chunk_frames,
+            "memory": self._memory_rule().extent(chunk_frames),
+        }
+
+    def check(self, chunk_frames: int, trained_frames: int) -> None:
+        if self.positions != "relative":
+            return
+        extents = self.extents(chunk_frames)
+        if self.head_map is None:
+            extents["warm-up"] = self.warmup_frames
+        for label, extent in extents.items():
+            if extent > trained_frames:
+                raise ValueError(
+                    f"{label} heads would span {extent} temporal positions (chunk of "
+                    f"{chunk_frames} included) but the model was trained on {trained_frames}; "
+                    "lower that type's budgets or use --positions absolute"
+                )
+
+    def _memory_rule(self) -> EpisodicMemory:
+        return EpisodicMemory(
+            sink_frames=self.sink_frames,
+            working_frames=self.working_frames,
+            max_episodes=self.max_episodes,
+            episode_frames=self.episode_frames,
+            novelty_threshold=self.novelty_threshold,
+            episode_span_frames=self.episode_span_frames,
+            importance_decay=self.importance_decay,
+            positions=self.positions,
+        )
+
+    def rule_for(self, label: str, chunk_frames: int):
+        """A fresh rule object for one group of ``label`` heads (memory rules hold state)."""
+        if label == "local":
+            return WindowPolicy(self.local_frames + chunk_frames, 0, self.positions)
+        if label == "anchor":
+            window = self.sink_frames + self.anchor_recent_frames + chunk_frames
+            return WindowPolicy(window, self.sink_frames, self.positions)
+        return self._memory_rule()
+
+    def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
+        if self.head_map is None:
+            # warm-up: every head keeps what the trained window holds, until a map is set
+            warmup = WindowPolicy(max(self.warmup_frames, chunk_frames), 0, self.positions)
+            return [HeadGroupSpec(tuple(range(num_heads)), warmup, "warmup")]
+        specs = []
+        for label in HEAD_TYPES:
+            heads = self.head_map.heads_of(layer, label)
+            if heads:
+                specs.append(HeadGroupSpec(heads, self.rule_for(label, chunk_frames), label))
+        return specs
+
+    def describe(self) -> str:
+        counts = self.head_map.counts() if self.head_map else None
+        heads = ", ".join(f"{k}={v}" for k, v in counts.items()) if counts else "map pending"
+        return (
+            f"{self.name}(local={self.local_frames}, sink={self.sink_frames}, "
+            f"anchor_recent={self.anchor_recent_frames}, working={self.working_frames}, "
+            f"episodes={self.max_episodes}; {heads})"
+        )
