@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from headforcing.cache import CachePolicy, KVCache
-from headforcing.pipeline import Pipeline, latent_frames_for_seconds
-
-PIXEL_FRAMES_PER_LATENT = 4
+from headforcing.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ def bench_policy(
     """Time ``timed_chunks`` chunks after fast-forwarding to ``seconds`` of video."""
     model, device = pipeline.model, pipeline.model.device
     config = model.config
-    frames = latent_frames_for_seconds(seconds, pipeline.preset.video.fps)
+    frames = pipeline.latent_frames(seconds)
     chunk_frames = pipeline.preset.video.chunk_frames
     cache = pipeline.new_cache(policy)
     start_frame = max(0, frames - (timed_chunks + 1) * chunk_frames)
@@ -105,7 +103,7 @@ def bench_policy(
         context_frames=context_frames,
         ms_per_pass=sorted(pass_times)[len(pass_times) // 2],
         ms_per_chunk=chunk_ms,
-        frames_per_second=chunk_frames * PIXEL_FRAMES_PER_LATENT / (chunk_ms / 1000),
+        frames_per_second=chunk_frames * pipeline.preset.video.vae_stride[0] / (chunk_ms / 1000),
         kv_megabytes=cache.bytes_held() / 2**20,
     )
 

@@ -180,7 +180,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from headforcing.heads.store import store_map
     from headforcing.io.video import VideoWriter
-    from headforcing.pipeline import latent_frames_for_seconds
 
     # prepare input
     policy = policy_from_args(args)
@@ -192,7 +191,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if num_frames < 1:
             raise ValueError(f"--frames must be >= 1 latent frame, got {num_frames}")
     else:
-        num_frames = latent_frames_for_seconds(args.seconds, video.fps, video.vae_stride[0])
+        num_frames = pipeline.latent_frames(args.seconds)
     dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
     print(
         f"headforcing: {pipeline.preset.name} on {pipeline.model.device} ({dtype_name}), "
@@ -247,7 +246,6 @@ def bench_head_map(pipeline, path: Path | None):
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from headforcing.bench import BenchRow, bench_policy, estimated_full_bytes, format_table
-    from headforcing.pipeline import latent_frames_for_seconds
 
     args.random_weights = True
     pipeline = build_pipeline(args)
@@ -258,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if name == "head_forcing":
             policy = policy.with_head_map(bench_head_map(pipeline, args.head_map))
         for seconds in args.seconds:
-            frames = latent_frames_for_seconds(seconds, pipeline.preset.video.fps)
+            frames = pipeline.latent_frames(seconds)
             if name == "full" and device.type == "cuda":
                 need = estimated_full_bytes(pipeline, frames)
                 free = torch.cuda.mem_get_info(device)[0]

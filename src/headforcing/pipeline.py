@@ -137,6 +137,11 @@ class Pipeline:
             weights_id="random-seed0",
         )
 
+    def latent_frames(self, seconds: float) -> int:
+        """Latent frames whose decoded video lasts at least ``seconds`` at the preset's fps."""
+        video = self.preset.video
+        return latent_frames_for_seconds(seconds, video.fps, video.vae_stride[0])
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """``(C, h, w)`` of one latent frame."""
