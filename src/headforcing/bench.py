@@ -23,7 +23,7 @@ class BenchRow:
     policy: str
     seconds: float
     latent_frames: int
-    context_frames: int
+    context_frames: float
     ms_per_pass: float
     ms_per_chunk: float
     frames_per_second: float
@@ -95,7 +95,9 @@ def bench_policy(
             pass_times.append(run_chunk())
         _sync(device)
         chunk_ms = 1000 * (time.perf_counter() - began) / timed_chunks
-    context_frames = len(cache.kept_frames()[0])  # after the last commit: what the next sees
+    # what the next chunk sees, per head on average, in frames' worth of tokens
+    held = sum(group.kept_tokens * len(group.heads) for group in cache.groups())
+    context_frames = held / (config.num_layers * config.num_heads * cache.tokens_per_frame)
     return BenchRow(
         policy=policy.describe(),
         seconds=seconds,
@@ -108,22 +110,49 @@ def bench_policy(
     )
 
 
-def format_table(rows: list[BenchRow], title: str) -> str:
+def bench_decode(pipeline: Pipeline, timed_chunks: int = 2) -> float:
+    """ms to decode one full chunk with the pipeline's decoder, in steady state."""
+    device = pipeline.model.device
+    chunk_frames = pipeline.preset.video.chunk_frames
+    latents = torch.randn(1, *pipeline.latent_shape[:1], chunk_frames, *pipeline.latent_shape[1:])
+    latents = latents.to(device, pipeline.model.dtype)
+    pipeline.decoder.reset()
+    with torch.inference_mode():
+        pipeline.decoder.decode_chunk(latents)  # the first chunk of a video is shorter
+        pipeline.decoder.decode_chunk(latents)  # warm-up
+        _sync(device)
+        began = time.perf_counter()
+        for _ in range(timed_chunks):
+            pipeline.decoder.decode_chunk(latents)
+        _sync(device)
+    return 1000 * (time.perf_counter() - began) / timed_chunks
+
+
+def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frames: int) -> str:
+    """Markdown table; ``decode_ms`` per chunk of ``pixel_frames`` frames gives end to end."""
     header = (
-        "| policy | video s | latent frames | context frames | ms/pass | ms/chunk "
-        "| frames/s (DiT) | K/V MiB | note |"
+        "| policy | video s | latent frames | context frames/head | ms/pass | ms/chunk "
+        "| frames/s DiT | frames/s DiT+decode | K/V MiB | note |"
     )
-    lines = [f"### {title}", "", header, "|" + "---|" * 9]
+    lines = [
+        f"### {title}",
+        "",
+        f"decode: {decode_ms:.1f} ms per chunk of {pixel_frames} frames",
+        "",
+        header,
+        "|" + "---|" * 10,
+    ]
     for row in rows:
         if row.note:
             lines.append(
-                f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | - | - | - | - | - "
+                f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | - | - | - | - | - | - "
                 f"| {row.note} |"
             )
             continue
+        end_to_end = pixel_frames / ((row.ms_per_chunk + decode_ms) / 1000)
         lines.append(
-            f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | {row.context_frames} "
+            f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | {row.context_frames:.1f} "
             f"| {row.ms_per_pass:.1f} | {row.ms_per_chunk:.1f} | {row.frames_per_second:.1f} "
-            f"| {row.kv_megabytes:.1f} | |"
+            f"| {end_to_end:.1f} | {row.kv_megabytes:.1f} | |"
         )
     return "\n".join(lines)

@@ -123,6 +123,11 @@ def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--diffusers-dir", type=Path, help="Wan2.1-T2V-1.3B-Diffusers folder")
     group.add_argument("--lora", type=Path, help="LongLive LoRA .pt, merged at load")
     group.add_argument("--lora-alpha", type=float, help="LongLive LoRA alpha (LongLive: 256)")
+    group.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="load the 'generator' weights, not 'generator_ema' (LongLive trains its LoRA so)",
+    )
     group.add_argument("--text-device", help="device of the umT5 encoder (default: --device)")
     group.add_argument(
         "--keep-text-encoder",
@@ -148,6 +153,7 @@ def build_pipeline(args: argparse.Namespace):
             diffusers_dir=args.diffusers_dir,
             lora=args.lora,
             lora_alpha=args.lora_alpha,
+            use_ema=not args.no_ema,
         )
         text_device = resolve_device(args.text_device) if args.text_device else device
         parts = load_real_parts(
@@ -245,10 +251,23 @@ def bench_head_map(pipeline, path: Path | None):
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from headforcing.bench import BenchRow, bench_policy, estimated_full_bytes, format_table
+    from headforcing.bench import (
+        BenchRow,
+        bench_decode,
+        bench_policy,
+        estimated_full_bytes,
+        format_table,
+    )
 
     args.random_weights = True
     pipeline = build_pipeline(args)
+    if args.random_vae:
+        from diffusers import AutoencoderKLWan
+
+        from headforcing.io.wan_vae import WanVAEDecoder
+
+        device, dtype = pipeline.model.device, pipeline.model.dtype
+        pipeline.decoder = WanVAEDecoder(AutoencoderKLWan(), device=device, dtype=dtype)
     device = pipeline.model.device
     rows = []
     for name in args.policies:
@@ -277,7 +296,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     title = (
         f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, {device_name}"
     )
-    print(format_table(rows, title))
+    decode_ms = bench_decode(pipeline, timed_chunks=args.chunks)
+    video = pipeline.preset.video
+    print(format_table(rows, title, decode_ms, video.chunk_frames * video.vae_stride[0]))
     return 0
 
 
@@ -366,6 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--chunks", type=int, default=2, help="timed chunks per row")
     bench.add_argument("--positions", default="relative", choices=("absolute", "relative"))
     bench.add_argument("--head-map", type=Path, help="head_forcing: map (default: profiled)")
+    bench.add_argument(
+        "--random-vae",
+        action="store_true",
+        help="decode with a random-weight Wan2.1 VAE (diffusers) instead of the preset's decoder",
+    )
     add_model_arguments(bench)
     bench.set_defaults(run=cmd_bench)
     return parser

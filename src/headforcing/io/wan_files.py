@@ -37,6 +37,7 @@ class RealFiles:
     diffusers_dir: Path | None = None
     lora: Path | None = None
     lora_alpha: float | None = None
+    use_ema: bool = True
 
     def __post_init__(self) -> None:
         from headforcing.io.checkpoints import CHECKPOINT_KINDS
@@ -100,6 +101,7 @@ def load_real_parts(
         kind=files.model,
         lora=files.lora,
         lora_alpha=files.lora_alpha,
+        use_ema=files.use_ema,
         device=device,
         dtype=dtype,
     )

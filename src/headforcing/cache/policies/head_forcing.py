@@ -144,10 +144,7 @@ class HeadForcingPolicy(CachePolicy):
         return specs
 
     def describe(self) -> str:
-        counts = self.head_map.counts() if self.head_map else None
-        heads = ", ".join(f"{k}={v}" for k, v in counts.items()) if counts else "map pending"
-        return (
-            f"{self.name}(local={self.local_frames}, sink={self.sink_frames}, "
-            f"anchor_recent={self.anchor_recent_frames}, working={self.working_frames}, "
-            f"episodes={self.max_episodes}; {heads})"
-        )
+        if self.head_map is None:
+            return f"{self.name}(map pending)"
+        counts = self.head_map.counts()
+        return f"{self.name}(L{counts['local']}/A{counts['anchor']}/M{counts['memory']})"
