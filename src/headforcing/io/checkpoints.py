@@ -39,9 +39,7 @@ file whose unpickling would run code is refused before anything in it runs.
 from __future__ import annotations
 
 import json
-import pickle
 import re
-import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +53,7 @@ from headforcing.io.keymap import (
     split_peft_lora_name,
     strip_prefixes,
 )
+from headforcing.io.safe_load import load_weights_file
 from headforcing.model.config import WanConfig
 from headforcing.model.transformer import WanModel
 
@@ -368,28 +367,7 @@ def _torch_load(path: Path, layout: str) -> object:
             f"{path} is a folder, expected {layout}; a diffusers transformer/ folder loads "
             "with kind='diffusers'"
         )
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; expected {layout}")
-    try:
-        # mmap needs torch's zip format; legacy files still load with weights_only=True.
-        return torch.load(
-            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} is not a plain weights file: torch.load(weights_only=True) refused it "
-            f"({_unpickler_reason(error)}). We never unpickle arbitrary objects, since that can "
-            f"run code from the file. Expected {layout}; if you trust the file, re-save just "
-            "its tensors (torch.save of the state dicts, or safetensors) and load that."
-        ) from error
-
-
-def _unpickler_reason(error: pickle.UnpicklingError) -> str:
-    match = re.search(r"WeightsUnpickler error: ([^\n]*?)(?:\. Please|\n|$)", str(error))
-    if match:
-        return match.group(1)
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return load_weights_file(path, layout)
 
 
 def _is_tensor_mapping(value: object) -> bool:

@@ -16,15 +16,15 @@ tokens is set to zero. transformers is imported where used so ``import headforci
 from __future__ import annotations
 
 import html
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from headforcing.io.safe_load import load_state_dict_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
@@ -57,7 +57,6 @@ _WAN_BLOCK = {
 _WAN_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _HF_BLOCK_KEY = re.compile(r"^encoder\.block\.(\d+)\.(.+)$")
 _WHITESPACE = re.compile(r"\s+")
-_UNPICKLER_CAUSE = re.compile(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -301,30 +300,7 @@ def load_wan_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"umT5 checkpoint {path} does not exist; expected {WAN_FORMAT}")
-    # mmap needs torch's zip format; the legacy format still loads safely, just without mmap.
-    try:
-        state_dict = torch.load(
-            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
-    except pickle.UnpicklingError as err:
-        # torch's message leads with how to bypass the check; quote only the cause it names.
-        cause = _UNPICKLER_CAUSE.search(str(err))
-        reason = " ".join(cause.group(1).split()) if cause else "not a torch checkpoint"
-        raise ValueError(
-            f"{path} could not be read as a plain tensor state dict with weights_only=True "
-            f"({reason}). It may contain arbitrary Python objects, which are never unpickled "
-            f"here. Expected {WAN_FORMAT}; if you trust the file, re-save just its tensors "
-            "(torch.save(state_dict) or safetensors) and load that."
-        ) from err
-    if not isinstance(state_dict, Mapping) or not all(
-        isinstance(name, str) and isinstance(tensor, torch.Tensor)
-        for name, tensor in state_dict.items()
-    ):
-        raise ValueError(
-            f"{path} holds a {type(state_dict).__name__}, not a mapping of names to tensors; "
-            f"expected {WAN_FORMAT}"
-        )
-    return dict(state_dict)
+    return load_state_dict_file(path, WAN_FORMAT)
 
 
 def clean_prompt(prompt: str) -> str:

@@ -17,9 +17,7 @@ diffusers is imported inside the functions that need it, so ``import headforcing
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 from headforcing.io.decoders import to_uint8_frames
+from headforcing.io.safe_load import load_state_dict_file
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -162,21 +161,7 @@ def _raise_on_mismatch(
 
 def _load_torch_file(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load`` restricted to tensors; memory-mapped when the file is a zip archive."""
-    try:
-        # mmap needs the zip format of torch >= 1.6; older (legacy) files load without it.
-        state_dict = torch.load(
-            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-        )
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"refusing to load {path}: it holds objects other than tensors, and unpickling them "
-            f"could run code; expected {_WAN_FORMAT}"
-        ) from error
-    if not isinstance(state_dict, dict) or not all(
-        isinstance(value, torch.Tensor) for value in state_dict.values()
-    ):
-        raise ValueError(f"{path} is not a flat dict of tensors; expected {_WAN_FORMAT}")
-    return state_dict
+    return load_state_dict_file(path, _WAN_FORMAT)
 
 
 def load_wan_vae(path: str | Path, config: WanVAEConfig | None = None) -> AutoencoderKLWan:
