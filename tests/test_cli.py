@@ -56,3 +56,16 @@ def test_interrupted_stream_leaves_playable_video(tmp_path):
             if index == 2:
                 break  # the consumer stops mid-stream
     assert read_video(out).shape == (9 + 12 + 12, 64, 64, 3)
+
+
+def test_bench_prints_a_table(capsys):
+    argv = ["bench", "--height", "32", "--width", "32", "--seconds", "1", "2", "--chunks", "1"]
+    assert main([*argv, "--policies", "window", "head_forcing"]) == 0
+    table = capsys.readouterr().out
+    assert "| policy | video s |" in table
+    rows = [
+        line
+        for line in table.splitlines()
+        if line.startswith("| window") or line.startswith("| head_forcing")
+    ]
+    assert len(rows) == 4

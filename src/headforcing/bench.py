@@ -28,6 +28,7 @@ class BenchRow:
     ms_per_chunk: float
     frames_per_second: float
     kv_megabytes: float
+    peak_gib: float | None = None  # CUDA only: peak allocated memory while timing
     note: str = ""
 
 
@@ -88,6 +89,8 @@ def bench_policy(
 
     with torch.inference_mode():
         fast_forward(cache, start_frame, config.num_heads, config.head_dim)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         run_chunk()  # warm-up
         _sync(device)
         pass_times, began = [], time.perf_counter()
@@ -107,6 +110,7 @@ def bench_policy(
         ms_per_chunk=chunk_ms,
         frames_per_second=chunk_frames * pipeline.preset.video.vae_stride[0] / (chunk_ms / 1000),
         kv_megabytes=cache.bytes_held() / 2**20,
+        peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     )
 
 
@@ -130,29 +134,29 @@ def bench_decode(pipeline: Pipeline, timed_chunks: int = 2) -> float:
 
 def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frames: int) -> str:
     """Markdown table; ``decode_ms`` per chunk of ``pixel_frames`` frames gives end to end."""
-    header = (
-        "| policy | video s | latent frames | context frames/head | ms/pass | ms/chunk "
-        "| frames/s DiT | frames/s DiT+decode | K/V MiB | note |"
-    )
+    columns = [
+        "policy", "video s", "latent frames", "context frames/head", "ms/pass", "ms/chunk",
+        "frames/s DiT", "frames/s DiT+decode", "K/V MiB", "peak GiB", "note",
+    ]  # fmt: skip
     lines = [
         f"### {title}",
         "",
         f"decode: {decode_ms:.1f} ms per chunk of {pixel_frames} frames",
         "",
-        header,
-        "|" + "---|" * 10,
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
     for row in rows:
+        cells = [row.policy, f"{row.seconds:g}", str(row.latent_frames)]
         if row.note:
-            lines.append(
-                f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | - | - | - | - | - | - "
-                f"| {row.note} |"
-            )
-            continue
-        end_to_end = pixel_frames / ((row.ms_per_chunk + decode_ms) / 1000)
-        lines.append(
-            f"| {row.policy} | {row.seconds:g} | {row.latent_frames} | {row.context_frames:.1f} "
-            f"| {row.ms_per_pass:.1f} | {row.ms_per_chunk:.1f} | {row.frames_per_second:.1f} "
-            f"| {end_to_end:.1f} | {row.kv_megabytes:.1f} | |"
-        )
+            cells += ["-"] * (len(columns) - 4) + [row.note]
+        else:
+            end_to_end = pixel_frames / ((row.ms_per_chunk + decode_ms) / 1000)
+            peak = "-" if row.peak_gib is None else f"{row.peak_gib:.1f}"
+            cells += [
+                f"{row.context_frames:.1f}", f"{row.ms_per_pass:.1f}", f"{row.ms_per_chunk:.1f}",
+                f"{row.frames_per_second:.1f}", f"{end_to_end:.1f}", f"{row.kv_megabytes:.1f}",
+                peak, "",
+            ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -281,7 +281,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 free = torch.cuda.mem_get_info(device)[0]
                 if need > 0.8 * free:
                     note = f"skipped: needs ~{need / 2**30:.0f} GiB of K/V, {free / 2**30:.0f} free"
-                    rows.append(BenchRow(policy.describe(), seconds, frames, 0, 0, 0, 0, 0, note))
+                    rows.append(
+                        BenchRow(policy.describe(), seconds, frames, 0, 0, 0, 0, 0, note=note)
+                    )
                     continue
             rows.append(bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks))
             row = rows[-1]
