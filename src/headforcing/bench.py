@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from headforcing.cache import CachePolicy, KVCache
 from headforcing.pipeline import Pipeline
@@ -114,6 +115,53 @@ def bench_policy(
     )
 
 
+class PlainContextAttention:
+    """The reference point of REFERENCE.md section 4: plain SDPA of the chunk over fixed random
+    context K/V plus itself, no RoPE, no cache bookkeeping."""
+
+    def __init__(self, num_layers: int, context_tokens: int, like: torch.Tensor) -> None:
+        batch, _, heads, head_dim = like.shape
+        shape = (batch, heads, context_tokens, head_dim)
+        self.context = [
+            (
+                torch.randn(shape, device=like.device, dtype=like.dtype),
+                torch.randn(shape, device=like.device, dtype=like.dtype),
+            )
+            for _ in range(num_layers)
+        ]
+
+    def attend(self, layer: int, q, k, v):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        context_k, context_v = self.context[layer]
+        keys, values = torch.cat([context_k, k], dim=2), torch.cat([context_v, v], dim=2)
+        return F.scaled_dot_product_attention(q, keys, values).transpose(1, 2)
+
+
+def bench_plain_pass(pipeline: Pipeline, context_frames: int, repeats: int = 3) -> float:
+    """Median ms of one DiT pass with :class:`PlainContextAttention` over ``context_frames``."""
+    model, device = pipeline.model, pipeline.model.device
+    config = model.config
+    chunk_frames = pipeline.preset.video.chunk_frames
+    tokens = pipeline.token_grid[0] * pipeline.token_grid[1]
+    like = torch.empty(1, 0, config.num_heads, config.head_dim, device=device, dtype=model.dtype)
+    attention = PlainContextAttention(config.num_layers, context_frames * tokens, like)
+    context = model.encode_text(
+        torch.zeros(1, config.text_len, config.text_dim, device=device, dtype=model.dtype)
+    )
+    x = torch.randn(1, pipeline.latent_shape[0], chunk_frames, *pipeline.latent_shape[1:])
+    x = x.to(device, model.dtype)
+    t = torch.full((1, chunk_frames), 500.0, device=device)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            _sync(device)
+            began = time.perf_counter()
+            model(x, t, context, attention)
+            _sync(device)
+            times.append(1000 * (time.perf_counter() - began))
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
 def bench_decode(pipeline: Pipeline, timed_chunks: int = 2) -> float:
     """ms to decode one full chunk with the pipeline's decoder, in steady state."""
     device = pipeline.model.device
@@ -154,9 +202,14 @@ def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frame
             end_to_end = pixel_frames / ((row.ms_per_chunk + decode_ms) / 1000)
             peak = "-" if row.peak_gib is None else f"{row.peak_gib:.1f}"
             cells += [
-                f"{row.context_frames:.1f}", f"{row.ms_per_pass:.1f}", f"{row.ms_per_chunk:.1f}",
-                f"{row.frames_per_second:.1f}", f"{end_to_end:.1f}", f"{row.kv_megabytes:.1f}",
-                peak, "",
-            ]  # fmt: skip
+                f"{row.context_frames:.1f}",
+                f"{row.ms_per_pass:.1f}",
+                f"{row.ms_per_chunk:.1f}",
+                f"{row.frames_per_second:.1f}",
+                f"{end_to_end:.1f}",
+                f"{row.kv_megabytes:.1f}",
+                peak,
+                "",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -254,6 +254,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from headforcing.bench import (
         BenchRow,
         bench_decode,
+        bench_plain_pass,
         bench_policy,
         estimated_full_bytes,
         format_table,
@@ -299,8 +300,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, {device_name}"
     )
     decode_ms = bench_decode(pipeline, timed_chunks=args.chunks)
+    window = pipeline.preset.video.trained_frames - pipeline.preset.video.chunk_frames
+    plain_ms = bench_plain_pass(pipeline, window)
     video = pipeline.preset.video
     print(format_table(rows, title, decode_ms, video.chunk_frames * video.vae_stride[0]))
+    print(
+        f"\nreference: a plain-SDPA pass over {window} context frames + the chunk (no RoPE, no "
+        f"cache): {plain_ms:.1f} ms; compare with the window rows' ms/pass"
+    )
     return 0
 
 
