@@ -11,6 +11,7 @@ import torch
 
 from headforcing.cache.policies import POLICIES, make_policy
 from headforcing.model.config import PRESETS, get_preset
+from headforcing.switch import SWITCH_MODES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -181,13 +182,73 @@ def build_pipeline(args: argparse.Namespace):
     )
 
 
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prompts (docs/prompts.md)")
+    group.add_argument(
+        "--prompts",
+        type=Path,
+        help="a prompt schedule (JSONL: ours or LongLive's) instead of PROMPT",
+    )
+    group.add_argument(
+        "--switch-frames",
+        help="LongLive files: latent frames where prompts 2, 3, ... start (40,80)",
+    )
+    add_switch_argument(group)
+
+
+def add_switch_argument(group) -> None:
+    group.add_argument(
+        "--switch",
+        choices=SWITCH_MODES,
+        default="head-aware",
+        help="what a prompt switch does to the KV cache: cut (keep it), recache (LongLive: "
+        "re-run the window with the new prompt, sink kept), head-aware (default: recache, but "
+        "memory heads keep their episodes)",
+    )
+
+
+def prompts_from_args(args: argparse.Namespace):
+    """PROMPT, or the schedule of --prompts FILE, checked before any model loads."""
+    from headforcing.pipeline import latent_frames_for_seconds
+    from headforcing.schedule import FrameClock, load_schedule
+
+    if (args.prompt is None) == (args.prompts is None):
+        both = "not both" if args.prompt is not None else "one of them"
+        raise ValueError(f"give a PROMPT or --prompts FILE (a prompt schedule), {both}")
+    if args.prompts is None:
+        if args.switch_frames:
+            raise ValueError("--switch-frames goes with --prompts FILE (LongLive's format)")
+        return args.prompt
+    switch_frames = None
+    if args.switch_frames:
+        try:
+            switch_frames = [int(part) for part in args.switch_frames.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError(
+                f"--switch-frames {args.switch_frames!r}: give latent frames like 40,80"
+            ) from None
+    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if args.model else "tiny"))
+    video = preset.video
+    clock = FrameClock(video.fps, video.vae_stride[0], video.chunk_frames)
+    schedule = load_schedule(args.prompts, clock, switch_frames)
+    if args.frames is not None:
+        schedule.check_length(args.frames)
+    else:
+        schedule.check_length(
+            latent_frames_for_seconds(args.seconds, video.fps, clock.temporal_stride)
+        )
+    return schedule
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from headforcing.heads.store import store_map
+    from headforcing.interrupts import deferred_interrupt
     from headforcing.io.video import VideoWriter
 
     # prepare input
+    prompts = prompts_from_args(args)
     policy = policy_from_args(args)
     pipeline = build_pipeline(args)
     policy, head_map_source = attach_head_map(policy, args, pipeline)
@@ -207,6 +268,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     if head_map_source != "-":
         print(f"head map: {head_map_source}", file=sys.stderr)
+    if not isinstance(prompts, str):
+        for note in prompts.notes:
+            print(f"note: {note}", file=sys.stderr)
+        starts = ", ".join(str(segment.start) for segment in prompts.segments)
+        print(
+            f"{len(prompts.segments)} prompts from latent frames {starts}; switch: {args.switch}",
+            file=sys.stderr,
+        )
 
     def on_head_map(head_map) -> None:
         path = store_map(head_map, pipeline.weights_id)
@@ -220,10 +289,23 @@ def cmd_generate(args: argparse.Namespace) -> int:
         bar = tqdm(total=num_frames, unit="frame", desc="generating", file=sys.stderr)
         try:
             stream = pipeline.stream(
-                args.prompt, num_frames, policy, seed=args.seed, on_head_map=on_head_map
+                prompts,
+                num_frames,
+                policy,
+                seed=args.seed,
+                on_head_map=on_head_map,
+                switch=args.switch,
             )
+            last_prompt = None
             for chunk in stream:
-                writer.write(chunk.frames[0])
+                if last_prompt is not None and chunk.prompt != last_prompt:
+                    tqdm.write(
+                        f"latent frame {chunk.first_frame}: {chunk.prompt!r}", file=sys.stderr
+                    )
+                last_prompt = chunk.prompt
+                # a Ctrl-C while a chunk is written waits for it: the file holds whole chunks
+                with deferred_interrupt():
+                    writer.write(chunk.frames[0])
                 bar.update(chunk.latents.shape[2])
                 bar.set_postfix(kv_mib=f"{chunk.kv_bytes / 2**20:.1f}", max_pos=chunk.max_position)
         except KeyboardInterrupt:
@@ -236,6 +318,56 @@ def cmd_generate(args: argparse.Namespace) -> int:
         f"of video) in {seconds:.1f} s: {writer.frames_written / seconds:.1f} frames/s",
         file=sys.stderr,
     )
+    return 0
+
+
+def cmd_interactive(args: argparse.Namespace) -> int:
+    from headforcing.interactive import LiveSession, serve
+
+    # prepare input: the model, then the page
+    policy = policy_from_args(args)
+    pipeline = build_pipeline(args)
+    policy, _ = attach_head_map(policy, args, pipeline)
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"--frames must be >= 1 latent frame, got {args.frames}")
+    num_frames = args.frames or pipeline.latent_frames(args.seconds)
+    session = LiveSession(
+        pipeline,
+        policy,
+        args.prompt,
+        num_frames,
+        args.out,
+        seed=args.seed,
+        switch=args.switch,
+        pace=not args.no_pace,
+    )
+    server = serve(session, args.port)
+    print(f"open {server.url} (video: {args.out}; Ctrl-C stops)", flush=True)
+    # generate in the worker until done or Ctrl-C; the page stays up until Ctrl-C
+    session.start()
+    try:
+        while session.running:
+            session.join(0.25)
+        if not args.exit_when_done:
+            print("generation finished; the page stays up until Ctrl-C", file=sys.stderr)
+            while True:
+                time.sleep(1)
+    except KeyboardInterrupt:
+        print("stopping after the chunk in progress", file=sys.stderr)
+    finally:
+        session.stop()
+        session.join()
+        server.shutdown()
+        server.server_close()
+    state = session.state()
+    print(
+        f"wrote {args.out} ({state['frames_written']} frames, "
+        f"{len(state['switches'])} prompt switches)",
+        file=sys.stderr,
+    )
+    if state["error"]:
+        print(f"headforcing interactive: error: {state['error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -358,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="generate a video from a prompt")
-    generate.add_argument("prompt")
+    generate.add_argument("prompt", nargs="?", help="the prompt (or --prompts FILE)")
     length = generate.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, default=5.0, help="video length (default 5)")
     length.add_argument(
@@ -369,7 +501,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_arguments(generate)
     add_real_model_arguments(generate)
     add_policy_arguments(generate)
+    add_prompt_arguments(generate)
     generate.set_defaults(run=cmd_generate)
+
+    interactive = commands.add_parser(
+        "interactive", help="a local web page that shows the video as it grows, takes prompts"
+    )
+    interactive.add_argument("prompt", help="the first prompt")
+    length = interactive.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=60.0, help="run length (default 60)")
+    length.add_argument("--frames", type=int, help="run length in latent frames")
+    interactive.add_argument("--port", type=int, default=8000, help="0: any free port")
+    interactive.add_argument("--out", default="interactive.mp4", help="the growing MP4")
+    interactive.add_argument("--seed", type=int, default=0)
+    interactive.add_argument(
+        "--no-pace", action="store_true", help="generate as fast as possible, not in real time"
+    )
+    interactive.add_argument(
+        "--exit-when-done", action="store_true", help="stop the server when the run is done"
+    )
+    add_switch_argument(interactive.add_argument_group("prompt switch"))
+    add_model_arguments(interactive)
+    add_real_model_arguments(interactive)
+    add_policy_arguments(interactive)
+    interactive.set_defaults(run=cmd_interactive)
 
     profile = commands.add_parser("profile", help="measure and classify attention heads")
     profile.add_argument("prompt", nargs="*", help="calibration prompts")

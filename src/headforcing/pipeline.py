@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -21,6 +21,8 @@ from headforcing.io.decoders import LatentDecoder, PreviewDecoder
 from headforcing.io.text import HashedTextEncoder, TextEncoder
 from headforcing.model import Preset, WanModel, get_preset
 from headforcing.sampling import FlowSchedule, LatentChunk, generate_chunks
+from headforcing.schedule import PromptSchedule, PromptSource
+from headforcing.switch import PromptSwitcher
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
 
@@ -33,13 +35,14 @@ ONLINE_PROFILE = ProfileSettings()
 @dataclass(frozen=True)
 class VideoChunk:
     """One finished chunk: latents ``[B, C, F, h, w]``, frames ``[B, F_pix, H, W, 3]`` uint8,
-    and the cache's state after committing it."""
+    the cache's state after committing it, and the prompt that drove it."""
 
     first_frame: int
     latents: torch.Tensor
     frames: torch.Tensor
     kv_bytes: int
     max_position: int
+    prompt: str = ""
 
 
 def latent_frames_for_seconds(seconds: float, fps: int = 16, temporal_stride: int = 4) -> int:
@@ -166,29 +169,63 @@ class Pipeline:
         )
 
     def generate_latents(
-        self, prompt: str, num_frames: int, cache: KVCache, seed: int = 0
+        self,
+        prompt: str | PromptSource,
+        num_frames: int,
+        cache: KVCache,
+        seed: int = 0,
+        switch: str = "head-aware",
     ) -> Iterator[LatentChunk]:
-        """The AR chunk loop on ``cache``, yielding latent chunks (no decoding)."""
+        """The AR chunk loop on ``cache``, yielding latent chunks (no decoding).
+
+        ``prompt``: one prompt, or a source asked before every chunk (a
+        :class:`~headforcing.schedule.PromptSchedule`, the live prompt of interactive mode).
+        When its answer changes, the new context applies from that chunk on and ``switch``
+        says what happens to the cached K/V (:mod:`headforcing.switch`). One prompt gives the
+        same video as ever: the noise is drawn in the same order.
+        """
         if num_frames < 1:
             raise ValueError(f"the number of latent frames must be >= 1, got {num_frames}")
-        if not prompt.strip():
-            raise ValueError("the prompt is empty")
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ValueError("the prompt is empty")
+            prompt = PromptSchedule.single(prompt)
+        fixed = isinstance(prompt, PromptSchedule)
+        if fixed:
+            prompt.check_length(num_frames)
+        switcher = PromptSwitcher(
+            self.model, cache, switch, keep_history=not fixed or len(prompt.segments) > 1
+        )
         with torch.inference_mode():
-            context = self.model.encode_text(self.text_encoder.encode([prompt]))
             generator = torch.Generator().manual_seed(seed)
-            yield from generate_chunks(
-                self.model, cache, context, num_frames, self.latent_shape, generator, self.schedule
-            )
+            text = context = None
+            while cache.frames_done < num_frames:
+                # the prompt can only change here, between two chunks
+                asked = prompt.prompt_at(cache.frames_done)
+                if asked != text:
+                    context = self.model.encode_text(self.text_encoder.encode([asked]))
+                    if text is not None:
+                        switcher.apply(context)
+                    text = asked
+                end = min(cache.frames_done + cache.chunk_frames, num_frames)
+                for chunk in generate_chunks(
+                    self.model, cache, context, end, self.latent_shape, generator, self.schedule
+                ):
+                    switcher.remember(chunk)
+                    yield replace(chunk, prompt=text)
 
     def stream(
         self,
-        prompt: str,
+        prompt: str | PromptSource,
         num_frames: int,
         policy: CachePolicy,
         seed: int = 0,
         on_head_map: Callable[[HeadMap], None] | None = None,
+        switch: str = "head-aware",
     ) -> Iterator[VideoChunk]:
         """Generate ``num_frames`` latent frames for ``prompt``, yielding decoded chunks.
+
+        ``prompt`` and ``switch``: one prompt or a prompt source, see :meth:`generate_latents`.
 
         A ``head_forcing`` policy without a head map profiles the heads online during the
         first chunks (:data:`ONLINE_PROFILE`), then fixes the map, regroups the cache and hands
@@ -206,10 +243,13 @@ class Pipeline:
             cache.observers.append(profiler)
             profiled_frames = (max(ONLINE_PROFILE.chunks) + 1) * chunk_frames
         self.decoder.reset()
+        prompts_seen: list[str] = []
         # denoise chunk by chunk, then decode each chunk as it is done
-        for chunk in self.generate_latents(prompt, num_frames, cache, seed):
+        for chunk in self.generate_latents(prompt, num_frames, cache, seed, switch):
+            if chunk.prompt not in prompts_seen:
+                prompts_seen.append(chunk.prompt)
             if profiler is not None and cache.frames_done >= profiled_frames:
-                head_map = self._online_head_map(profiler, prompt, seed)
+                head_map = self._online_head_map(profiler, prompts_seen, seed)
                 cache.observers.remove(profiler)
                 cache.regroup(policy.with_head_map(head_map))
                 profiler = None
@@ -218,10 +258,15 @@ class Pipeline:
             with torch.inference_mode():
                 frames = self.decoder.decode_chunk(chunk.latents)
             yield VideoChunk(
-                chunk.first_frame, chunk.latents, frames, cache.bytes_held(), cache.max_position
+                chunk.first_frame,
+                chunk.latents,
+                frames,
+                cache.bytes_held(),
+                cache.max_position,
+                chunk.prompt,
             )
 
-    def _online_head_map(self, profiler: HeadProfiler, prompt: str, seed: int) -> HeadMap:
+    def _online_head_map(self, profiler: HeadProfiler, prompts: list[str], seed: int) -> HeadMap:
         labels, rule = classify(profiler.stats())
         settings = profiler.settings
         return HeadMap(
@@ -231,7 +276,7 @@ class Pipeline:
             rule=rule,
             calibration={
                 "online": True,
-                "prompts": [prompt],
+                "prompts": list(prompts),
                 "chunks": list(settings.chunks),
                 "query_rows": settings.query_rows,
                 "sink_frames": settings.sink_frames,

@@ -50,10 +50,12 @@ class FlowSchedule:
 
 @dataclass(frozen=True)
 class LatentChunk:
-    """A finished chunk: latents ``[B, C, F, h, w]`` of frames ``first_frame ...``."""
+    """A finished chunk: latents ``[B, C, F, h, w]`` of frames ``first_frame ...``, and the
+    prompt that drove it (set by the pipeline's prompt loop)."""
 
     first_frame: int
     latents: torch.Tensor
+    prompt: str = ""
 
 
 def generate_chunks(

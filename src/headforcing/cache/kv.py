@@ -17,7 +17,7 @@ writes its heads' slice of one output buffer (no concatenation).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -207,6 +207,17 @@ class HeadGroup:
                 self.importance = self.importance[index]
         self.keys, self.values = self.keys.contiguous(), self.values.contiguous()
 
+    def keep_only(self, keep: torch.Tensor) -> None:
+        """Keep the stored tokens at ``keep`` (indices, ascending), drop the others outside the
+        rule (a KV re-cache), and let the rule forget what was dropped."""
+        index = keep.to(self.keys.device)
+        self.keys = self.keys[:, :, index].contiguous()
+        self.values = self.values[:, :, index].contiguous()
+        self.token_ids = self.token_ids[keep]
+        if self.importance is not None:
+            self.importance = self.importance[index]
+        self.rule.forget(self)
+
     def adopt(self, source: HeadGroup, frames_done: int) -> None:
         """Take this group's heads' tokens from ``source`` (which holds a superset of heads),
         then apply this group's rule: a cache regroups without losing what it kept."""
@@ -299,6 +310,23 @@ class KVCache:
             for group in new_groups:
                 group.adopt(old_groups[0], self.frames_done)
         self.policy, self.layers = policy, layers
+
+    def rewind(self, frame: int, keep: Callable[[HeadGroup], torch.Tensor]) -> None:
+        """Step back to ``frame`` for a KV re-cache (a prompt switch, ``headforcing.switch``).
+
+        Every group keeps the tokens ``keep(group)`` marks (``[N]`` bool, all of frames before
+        ``frame``) and drops the rest; the caller then commits the frames from ``frame`` on
+        again, chunk by chunk, and every rule selects from them as from any new chunk.
+        """
+        if self.chunk is not None:
+            raise RuntimeError("rewind() between chunks only")
+        if not 0 <= frame <= self.frames_done:
+            raise ValueError(f"cannot rewind to frame {frame}: {self.frames_done} frames are done")
+        for group in self.groups():
+            mask = keep(group)
+            assert not (group.frame_ids[mask] >= frame).any(), "kept tokens must precede frame"
+            group.keep_only(mask.nonzero().squeeze(1))
+        self.frames_done = frame
 
     def begin_chunk(self, num_frames: int) -> ChunkInfo:
         """Open the next chunk (it starts where the last one ended) and lay out every group."""

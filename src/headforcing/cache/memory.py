@@ -77,6 +77,22 @@ class EpisodicMemory(Retention):
         """The next evicted frame opens a new episode (a prompt switch)."""
         self._switch = True
 
+    def on_prompt_switch(self) -> None:
+        self.open_episode()
+
+    def attention_span(self, chunk_frames: int) -> int:
+        # the frames kept whole; episodes summarise older ones that a re-cache cannot re-run
+        return self.sink_frames + self.working_frames + chunk_frames
+
+    def memory_tokens(self, group) -> torch.Tensor:
+        return torch.isin(group.token_ids, self._episode_token_ids())
+
+    def forget(self, group) -> None:
+        """Episodes keep only the tokens the group still stores; empty ones go."""
+        for episode in self.episodes:
+            episode.token_ids = episode.token_ids[torch.isin(episode.token_ids, group.token_ids)]
+        self.episodes = [episode for episode in self.episodes if episode.token_ids.numel()]
+
     def episode_tokens(self, tokens_per_frame: int) -> int:
         return max(1, round(self.episode_frames * tokens_per_frame))
 

@@ -55,6 +55,8 @@ class Retention(ABC):
 
     positions: str = "absolute"
     wants_importance: ClassVar[bool] = False
+    # the first frames of the video, kept for ever; a prompt switch keeps them too
+    sink_frames: int = 0
 
     @abstractmethod
     def retain(self, group: HeadGroup, frames_done: int, chunk_frames: int) -> torch.Tensor | None:
@@ -75,6 +77,25 @@ class Retention(ABC):
         if self.positions == "absolute":
             return Layout(frame_ids, torch.arange(chunk_first, chunk_first + chunk_frames))
         return relative_layout(frame_ids, chunk_frames)
+
+    # prompt switches (headforcing.switch): what a KV re-cache re-runs and what it keeps
+
+    def attention_span(self, chunk_frames: int) -> int | None:
+        """Latent frames one chunk attends to, itself and the sink included (LongLive's
+        ``local_attn_size``): a KV re-cache re-runs that many. ``None``: unbounded (all)."""
+        return None
+
+    def memory_tokens(self, group: HeadGroup) -> torch.Tensor | None:
+        """``[N]`` bool: stored tokens that are long-term memory (besides the sink and the
+        recent frames), which a head-aware prompt switch keeps. ``None``: there are none."""
+        return None
+
+    def forget(self, group: HeadGroup) -> None:  # noqa: B027 (optional hook)
+        """The cache dropped tokens of ``group`` outside :meth:`retain` (a KV re-cache):
+        bring the rule's own state in line with what ``group.token_ids`` still holds."""
+
+    def on_prompt_switch(self) -> None:  # noqa: B027 (optional hook)
+        """The prompt changes before the next chunk."""
 
 
 @dataclass(frozen=True)

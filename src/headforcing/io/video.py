@@ -1,7 +1,9 @@
 """Video files through PyAV (its bundled FFmpeg with libx264).
 
-MP4 files are written fragmented (``frag_keyframe+empty_moov``): every fragment on disk is
-playable, so a run that stops early, even by a crash, leaves a video of what it made.
+MP4 files are written fragmented (``frag_keyframe+empty_moov``): a run stopped early (Ctrl-C,
+a consumer that stops reading) closes the writer and leaves a playable video of every finished
+chunk. Frames still inside the encoder are lost only on a hard crash; ``live=True`` (interactive
+mode) flushes every frame as it comes.
 """
 
 from __future__ import annotations
@@ -23,21 +25,26 @@ class VideoWriter:
         Frames per second (16 for Wan).
     crf:
         x264 constant rate factor: 0 lossless, 18 visually lossless, 23 default.
+    live:
+        Keep the file on disk playable up to the newest frames while it grows (interactive
+        mode): one fragment per frame, flushed at once, no encoder look-ahead. Otherwise x264
+        buffers frames and the file is complete once closed.
     """
 
-    def __init__(self, path: str | Path, fps: int, crf: int = 18) -> None:
+    def __init__(self, path: str | Path, fps: int, crf: int = 18, live: bool = False) -> None:
         import av
 
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fps = fps
         self.crf = crf
+        self.live = live
         self.frames_written = 0
-        self._container = av.open(
-            str(self.path),
-            mode="w",
-            options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
-        )
+        movflags = "frag_keyframe+empty_moov+default_base_moof"
+        options = {"movflags": movflags}
+        if live:
+            options = {"movflags": movflags + "+frag_every_frame", "flush_packets": "1"}
+        self._container = av.open(str(self.path), mode="w", options=options)
         self._stream = None
 
     def _open_stream(self, height: int, width: int) -> None:
@@ -47,6 +54,8 @@ class VideoWriter:
         self._stream.height, self._stream.width = height, width
         self._stream.pix_fmt = "yuv420p"
         self._stream.options = {"crf": str(self.crf)}
+        if self.live:
+            self._stream.options = {"crf": str(self.crf), "tune": "zerolatency"}
 
     def write(self, frames: torch.Tensor) -> None:
         import av

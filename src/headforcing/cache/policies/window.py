@@ -68,5 +68,8 @@ class WindowPolicy(UniformPolicy):
         keep = (frame_ids < self.sink_frames) | (frame_ids >= frames_done - recent_frames)
         return keep.nonzero().squeeze(1)
 
+    def attention_span(self, chunk_frames: int) -> int:
+        return self.window_frames
+
     def describe(self) -> str:
         return f"{self.name}(window={self.window_frames}, sink={self.sink_frames})"

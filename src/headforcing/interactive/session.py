@@ -1,0 +1,215 @@
+"""One live video: the generator in a worker thread, a prompt a user may change, the growing file.
+
+The worker pulls chunks from :meth:`Pipeline.stream` with a :class:`LivePrompt` as its prompt
+source: the chunk loop reads the prompt before every chunk, so a new prompt takes effect at the
+next chunk boundary (the chunk being made when it arrives finishes under the old one), and the
+switch mode (``headforcing.switch``) rebuilds the cache there. Each finished chunk is written to
+a live fragmented MP4 (playable while it grows) and published to the page.
+
+Pacing: a small model makes chunks much faster than they play; a prompt typed at second 10
+should then change the video near second 10, not after the whole run was made in advance. With
+``pace`` on (the default) the worker waits so that it is never more than one chunk ahead of
+real-time playback. A model slower than real time never waits.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from headforcing.cache import CachePolicy
+from headforcing.io.video import VideoWriter
+from headforcing.pipeline import Pipeline
+
+MAX_PROMPT_CHARS = 2000
+
+
+class LivePrompt:
+    """The prompt of a live video; :meth:`set` from any thread, read between chunks."""
+
+    def __init__(self, prompt: str) -> None:
+        self._lock = threading.Lock()
+        self._prompt = self._checked(prompt)
+
+    @staticmethod
+    def _checked(prompt: str) -> str:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the prompt is empty")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
+        return prompt.strip()
+
+    def set(self, prompt: str) -> str:
+        """Queue ``prompt`` for the next chunk; returns it as it will be used."""
+        prompt = self._checked(prompt)
+        with self._lock:
+            self._prompt = prompt
+        return prompt
+
+    def prompt_at(self, frame: int) -> str:
+        with self._lock:
+            return self._prompt
+
+
+@dataclass(frozen=True)
+class AppliedSwitch:
+    """Where a new prompt took effect: its first latent frame and first pixel frame."""
+
+    latent_frame: int
+    pixel_frame: int
+    prompt: str
+
+
+class LiveSession:
+    """Generate one video in a worker thread, for a live page.
+
+    Parameters
+    ----------
+    pipeline, policy:
+        What generates (see :class:`~headforcing.pipeline.Pipeline`).
+    prompt:
+        The first prompt.
+    num_frames:
+        Latent frames of the run (its bound).
+    out:
+        The growing MP4.
+    seed, switch:
+        As for ``generate``.
+    pace:
+        Stay at most one chunk ahead of real-time playback (see the module docstring).
+    keep_frames:
+        Newest pixel frames held for the page.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        policy: CachePolicy,
+        prompt: str,
+        num_frames: int,
+        out: str | Path,
+        *,
+        seed: int = 0,
+        switch: str = "head-aware",
+        pace: bool = True,
+        keep_frames: int = 64,
+    ) -> None:
+        self.pipeline, self.policy = pipeline, policy
+        self.prompt = LivePrompt(prompt)
+        self.num_frames, self.out, self.seed, self.switch = num_frames, Path(out), seed, switch
+        self.pace = pace
+        video = pipeline.preset.video
+        self.fps = video.fps
+        self.chunk_seconds = video.chunk_frames * video.vae_stride[0] / video.fps
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._frames: deque[tuple[int, np.ndarray]] = deque(maxlen=keep_frames)
+        self._thread = threading.Thread(target=self._run, name="headforcing-generator")
+        self.frames_written = 0
+        self.latent_frames = 0
+        self.chunks = 0
+        self.current_prompt = ""
+        self.queued_prompt: str | None = None
+        self.switches: list[AppliedSwitch] = []
+        self.error: str | None = None
+        self.done = False
+
+    # ------------------------------------------------------------------ control
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the chunk in progress, close the video, end the worker."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, prompt: str) -> str:
+        """A new prompt from the page; it drives the next chunk that starts."""
+        prompt = self.prompt.set(prompt)
+        with self._lock:
+            self.queued_prompt = prompt if prompt != self.current_prompt else None
+        return prompt
+
+    # ------------------------------------------------------------------ what the page reads
+
+    def state(self) -> dict:
+        with self._lock:
+            return {
+                "fps": self.fps,
+                "frames_written": self.frames_written,
+                "latent_frames": self.latent_frames,
+                "total_latent_frames": self.num_frames,
+                "chunks": self.chunks,
+                "prompt": self.current_prompt,
+                "queued": self.queued_prompt,
+                "switches": [asdict(switch) for switch in self.switches],
+                "done": self.done,
+                "error": self.error,
+                "out": str(self.out),
+            }
+
+    def frame(self, index: int | None = None) -> tuple[int, np.ndarray] | None:
+        """Pixel frame ``index`` if still held (the newest if ``None`` or gone): uint8 HxWx3."""
+        with self._lock:
+            if not self._frames:
+                return None
+            if index is not None:
+                for held_index, frame in self._frames:
+                    if held_index == index:
+                        return held_index, frame
+            return self._frames[-1]
+
+    # ------------------------------------------------------------------ the worker
+
+    def _run(self) -> None:
+        writer = VideoWriter(self.out, fps=self.fps, live=True)
+        stream = self.pipeline.stream(
+            self.prompt, self.num_frames, self.policy, seed=self.seed, switch=self.switch
+        )
+        began = time.monotonic()
+        try:
+            for chunk in stream:
+                first_pixel = writer.frames_written
+                frames = chunk.frames[0]
+                writer.write(frames)
+                self._publish(chunk, frames.numpy(), first_pixel)
+                if self._stop.is_set():
+                    break
+                if self.pace:
+                    ahead = writer.frames_written / self.fps - (time.monotonic() - began)
+                    self._stop.wait(max(0.0, ahead - self.chunk_seconds))
+                if self._stop.is_set():
+                    break
+        except Exception as error:  # the page shows it; the CLI prints it
+            with self._lock:
+                self.error = f"{type(error).__name__}: {error}"
+        finally:
+            stream.close()
+            writer.close()
+            with self._lock:
+                self.done = True
+
+    def _publish(self, chunk, frames: np.ndarray, first_pixel: int) -> None:
+        with self._lock:
+            if self.current_prompt and chunk.prompt != self.current_prompt:
+                self.switches.append(AppliedSwitch(chunk.first_frame, first_pixel, chunk.prompt))
+            if chunk.prompt == self.queued_prompt:
+                self.queued_prompt = None
+            self.current_prompt = chunk.prompt
+            for offset, frame in enumerate(frames):
+                self._frames.append((first_pixel + offset, frame))
+            self.frames_written = first_pixel + len(frames)
+            self.latent_frames = chunk.first_frame + chunk.latents.shape[2]
+            self.chunks += 1
