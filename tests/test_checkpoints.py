@@ -11,6 +11,7 @@ from headforcing.io.keymap import diffusers_to_wan
 from headforcing.model import DenseAttention, WanModel
 
 from .conftest import random_model
+from .test_diffusers_parity import diffusers_twin
 
 FRAMES, HEIGHT, WIDTH = 3, 4, 6  # latent grid -> 2 x 3 tokens per frame
 
@@ -97,21 +98,7 @@ def test_causvid(tmp_path, small_config, layout):
 
 def diffusers_reference(config):
     """diffusers' own Wan transformer of the same tiny shape, with random weights."""
-    diffusers = pytest.importorskip("diffusers")
-    reference = diffusers.WanTransformer3DModel(
-        patch_size=config.patch_size,
-        num_attention_heads=config.num_heads,
-        attention_head_dim=config.head_dim,
-        in_channels=config.in_channels,
-        out_channels=config.out_channels,
-        text_dim=config.text_dim,
-        freq_dim=config.freq_dim,
-        ffn_dim=config.ffn_dim,
-        num_layers=config.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=config.eps,
-    )
+    reference = diffusers_twin(config)
     with torch.no_grad():
         for param in reference.parameters():
             param.copy_(torch.randn_like(param) / max(param.shape[-1], 1) ** 0.5)

@@ -67,7 +67,9 @@ class TextContext:
     values: list[torch.Tensor]
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """Wan's attention projections: q, k, v, o and RMS norms of q and k across all heads."""
+
     def __init__(self, config: WanConfig) -> None:
         super().__init__()
         dim = config.dim
@@ -76,6 +78,8 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, config.eps)
         self.norm_k = RMSNorm(dim, config.eps)
 
+
+class SelfAttention(Attention):
     def forward(self, x: torch.Tensor, layer: int, attention: SelfAttentionBackend):
         # x: [B, L, C] -> q, k, v: [B, L, H, D]
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
@@ -85,15 +89,7 @@ class SelfAttention(nn.Module):
         return self.o(out.flatten(2))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, config: WanConfig) -> None:
-        super().__init__()
-        dim = config.dim
-        self.num_heads = config.num_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = RMSNorm(dim, config.eps)
-        self.norm_k = RMSNorm(dim, config.eps)
-
+class CrossAttention(Attention):
     def context_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # text: [B, text_len, C] -> keys, values: [B, H, text_len, D]
         keys = self.norm_k(self.k(text)).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
