@@ -482,6 +482,27 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from headforcing.toyworld.demo import run_demo
+
+    if args.frames < 42:
+        raise ValueError(f"--frames {args.frames}: the demo needs at least 42 frames (2 segments)")
+    report = run_demo(
+        args.out_dir,
+        frames=args.frames,
+        baseline=args.baseline,
+        prompt=args.prompt,
+        seed=args.seed,
+        progress=lambda message: print(message, file=sys.stderr),
+    )
+    print(report.report.read_text())
+    print(
+        f"side-by-side video: {report.video}\nmetrics over time: {report.plot}\n"
+        f"head map: {report.head_map_picture}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headforcing",
@@ -525,6 +546,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_real_model_arguments(interactive)
     add_policy_arguments(interactive)
     interactive.set_defaults(run=cmd_interactive)
+
+    demo = commands.add_parser(
+        "demo", help="the toy model far past its horizon: Head Forcing beside a baseline"
+    )
+    demo.add_argument("--frames", type=int, default=420, help="latent frames (default 420)")
+    demo.add_argument("--out-dir", type=Path, default=Path("demo"))
+    demo.add_argument(
+        "--baseline",
+        default="window-21 (absolute)",
+        help="window-21 (absolute), window-21 (relative), sink (relative), full",
+    )
+    demo.add_argument("--prompt", default=None, help="a toy-world prompt (default: a fixed one)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=cmd_demo)
 
     profile = commands.add_parser("profile", help="measure and classify attention heads")
     profile.add_argument("prompt", nargs="*", help="calibration prompts")

@@ -21,7 +21,7 @@ def plot_head_map(head_map: HeadMap, path: str | Path) -> Path:
 
     regions = [region for region in REGIONS if region in head_map.stats]
     panels = 1 + len(regions)
-    height = max(3.0, 0.22 * head_map.num_layers + 1.5)
+    height = max(4.0, 0.22 * head_map.num_layers + 2.0)
     width = max(2.5, 0.28 * head_map.num_heads + 1.2)
     figure, axes = plt.subplots(1, panels, figsize=(width * panels, height), squeeze=False)
     axes = axes[0]
@@ -37,12 +37,11 @@ def plot_head_map(head_map: HeadMap, path: str | Path) -> Path:
     )
     counts = head_map.counts()
     axes[0].set_title("head type")
-    axes[0].legend(
+    figure.legend(
         handles=[Patch(color=COLOURS[t], label=f"{t} ({counts[t]})") for t in HEAD_TYPES],
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12 - 1.5 / height),
-        ncol=1,
-        fontsize=8,
+        loc="lower left",
+        ncol=len(HEAD_TYPES),
+        fontsize=9,
         frameon=False,
     )
     for axis, region in zip(axes[1:], regions, strict=True):
@@ -63,7 +62,7 @@ def plot_head_map(head_map: HeadMap, path: str | Path) -> Path:
         axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     rule = head_map.rule.get("name", "?")
     figure.suptitle(f"{head_map.preset}: head map ({rule} rule)")
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.08, 1, 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)

@@ -104,6 +104,38 @@ register(
 )
 
 
+register(
+    Preset(
+        name="toy",
+        model=WanConfig(
+            dim=256,  # > 192 = 3 x 8 x 8 values per token: the flow holds iid noise
+            ffn_dim=512,
+            freq_dim=64,
+            text_dim=64,
+            text_len=24,
+            num_heads=4,
+            num_layers=4,
+            in_channels=48,
+            out_channels=48,
+        ),
+        video=VideoConfig(
+            height=32,
+            width=32,
+            fps=8,
+            vae_stride=(1, 4, 4),
+            chunk_frames=3,
+            trained_frames=21,
+            # measured (benchmarks/toyworld_sampler.py): 16 even steps, shift 3 scored best
+            sampler_steps=tuple(round(1000 * (16 - i) / 16) for i in range(16)),
+            sampler_shift=3.0,
+        ),
+        description="toy-world model trained here (headforcing.toyworld): 32x32 RGB, runs on CPU",
+        has_text_encoder=False,
+        has_vae=False,
+    )
+)
+
+
 def get_preset(name: str) -> Preset:
     """Look a preset up by name, with an error that lists the valid names."""
     try:

@@ -1,0 +1,146 @@
+"""``headforcing demo``: the toy model far past its training horizon, Head Forcing beside a
+baseline, with a report (metrics table, metrics over time, the head map)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headforcing.heads.headmap import HeadMap
+from headforcing.pipeline import Pipeline
+from headforcing.toyworld.evaluate import EVAL_PROMPTS, sample_video
+from headforcing.toyworld.longrun import METRICS, baseline_policies
+from headforcing.toyworld.metrics import SEGMENT_FRAMES, video_metrics
+from headforcing.toyworld.pretrained import WEIGHTS_DIR
+from headforcing.toyworld.world import Scene, render_clip
+
+DEMO_PROMPT = "a blue square and a yellow circle bounce over a gray checkered background"
+SHIPPED_HEAD_MAP = WEIGHTS_DIR / "head_map.json"
+SCALE = 4  # 32 px frames shown at 128 px
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    video: Path
+    report: Path
+    plot: Path
+    head_map_picture: Path
+
+
+def toy_head_map(pipeline: Pipeline) -> HeadMap:
+    """The head map shipped with the toy weights, else one profiled now on the eval prompts."""
+    if SHIPPED_HEAD_MAP.is_file():
+        return HeadMap.load(SHIPPED_HEAD_MAP)
+    from headforcing.heads.profile import profile_heads
+
+    return profile_heads(pipeline, list(EVAL_PROMPTS))
+
+
+def _labelled(frames: np.ndarray, label: str) -> np.ndarray:
+    """Upscale ``[F, h, w, 3]`` and put ``label`` on a strip above it."""
+    from PIL import Image, ImageDraw
+
+    big = frames.repeat(SCALE, axis=1).repeat(SCALE, axis=2)
+    strip = Image.new("RGB", (big.shape[2], 16), (0, 0, 0))
+    ImageDraw.Draw(strip).text((3, 2), label, fill=(255, 255, 255))
+    header = np.broadcast_to(np.asarray(strip), (len(big), 16, big.shape[2], 3))
+    return np.concatenate([header, big], axis=1)
+
+
+def side_by_side(panels: dict[str, np.ndarray]) -> np.ndarray:
+    """Label each ``[F, h, w, 3]`` video and put them next to each other, 4 px apart."""
+    labelled = [_labelled(frames, label) for label, frames in panels.items()]
+    gap = np.zeros((*labelled[0].shape[:2], 4, 3), dtype=np.uint8)
+    row = [labelled[0]]
+    for panel in labelled[1:]:
+        row += [gap, panel]
+    return np.concatenate(row, axis=2)
+
+
+def plot_over_time(per_policy: dict[str, list], path: Path) -> Path:
+    """One panel per metric: its value per 21-frame segment, a line per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 4, figsize=(15, 6.5))
+    for axis, metric in zip(axes.flat, METRICS, strict=False):
+        for name, segments in per_policy.items():
+            ends = [(index + 1) * SEGMENT_FRAMES for index in range(len(segments))]
+            axis.plot(ends, [getattr(s, metric) for s in segments], label=name)
+        axis.set_title(metric)
+        axis.set_xlabel("frame")
+    axes.flat[-1].axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[-1].legend(handles, labels, loc="center")
+    figure.suptitle(f"toy world: metrics per {SEGMENT_FRAMES}-frame segment (training horizon 21)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def run_demo(
+    out_dir: Path,
+    frames: int = 420,
+    baseline: str = "window-21 (absolute)",
+    prompt: str | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] = print,
+) -> DemoReport:
+    from headforcing.heads.plot import plot_head_map
+    from headforcing.io.video import VideoWriter
+    from headforcing.toyworld.pretrained import load_toy_pipeline
+
+    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = load_toy_pipeline()
+    head_map = toy_head_map(pipeline)
+    policies = baseline_policies(head_map)
+    if baseline not in policies or baseline == "head_forcing":
+        choices = ", ".join(name for name in policies if name != "head_forcing")
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {choices}")
+    prompt = prompt or DEMO_PROMPT
+    scene = Scene.from_prompt(prompt)
+
+    videos = {"real clip": render_clip(scene, frames, seed)}
+    for name in (baseline, "head_forcing"):
+        progress(f"generating {frames} frames with {name}")
+        videos[name] = sample_video(pipeline, prompt, frames, policies[name], seed)
+    per_policy = {name: video_metrics(video, scene) for name, video in videos.items()}
+
+    video_path = out_dir / "demo.mp4"
+    with VideoWriter(video_path, fps=pipeline.preset.video.fps) as writer:
+        writer.write(torch.from_numpy(np.ascontiguousarray(side_by_side(videos))))
+    plot = plot_over_time(per_policy, out_dir / "metrics_over_time.png")
+    picture = plot_head_map(head_map, out_dir / "head_map.png")
+    report = out_dir / "report.md"
+    report.write_text(_report(prompt, frames, per_policy))
+    return DemoReport(video_path, report, plot, picture)
+
+
+def _report(prompt: str, frames: int, per_policy: dict[str, list]) -> str:
+    lines = [
+        "# headforcing demo",
+        "",
+        f"Prompt: *{prompt}*. {frames} frames, {frames / 21:.0f}x the training horizon of 21.",
+        "Metrics of the first and the last 21-frame segment, and drift = |last - first|",
+        "(see headforcing.toyworld.metrics for each definition; lower is better except",
+        "sharpness_ratio, best at 1, and motion, best at the real clip's value).",
+        "",
+        "| video | segment | " + " | ".join(METRICS) + " |",
+        "|" + "---|" * (len(METRICS) + 2),
+    ]
+    for name, segments in per_policy.items():
+        first, last = segments[0], segments[-1]
+        for label, values in (("first", first.as_dict()), ("last", last.as_dict())):
+            cells = " | ".join(f"{values[m]:.3f}" for m in METRICS)
+            lines.append(f"| {name} | {label} | {cells} |")
+        drift = " | ".join(f"{abs(getattr(last, m) - getattr(first, m)):.3f}" for m in METRICS)
+        lines.append(f"| {name} | drift | {drift} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,83 @@
+"""The shipped toy-world model: weights in ``toyworld/weights/``, loaded into a Pipeline.
+
+``weights/`` holds what ``python -m headforcing.toyworld.train`` writes: ``model.safetensors``
+(the transformer, original Wan names), ``text_encoder.safetensors``, ``config.json`` (preset,
+text-encoder vocabulary, training settings, seed, final loss) and ``training_log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from headforcing.io.checkpoints import model_from_state_dict
+from headforcing.model import get_preset
+from headforcing.pipeline import Pipeline
+from headforcing.toyworld.codec import SPATIAL_STRIDE, ToyDecoder
+from headforcing.toyworld.text import ToyTextEncoder
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+WEIGHT_FILES = ("model.safetensors", "text_encoder.safetensors", "config.json")
+
+
+def load_toy_text_encoder(weights_dir: Path) -> ToyTextEncoder:
+    """The trained toy text encoder of ``weights_dir`` (vocabulary from ``config.json``)."""
+    meta = json.loads((weights_dir / "config.json").read_text())["text_encoder"]
+    encoder = ToyTextEncoder(
+        meta["vocabulary"], meta["text_len"], meta["text_dim"], meta["num_heads"]
+    )
+    state = {
+        k: v.float() for k, v in load_file(str(weights_dir / "text_encoder.safetensors")).items()
+    }
+    missing, unexpected = encoder.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{weights_dir / 'text_encoder.safetensors'} does not fit the toy text encoder: "
+            f"missing {missing}, unexpected {unexpected}"
+        )
+    return encoder.eval().requires_grad_(False)
+
+
+def load_toy_pipeline(
+    device: torch.device | str = "cpu", weights_dir: str | Path | None = None
+) -> Pipeline:
+    """The trained toy-world model as a :class:`~headforcing.pipeline.Pipeline` (preset ``toy``).
+
+    Parameters
+    ----------
+    device:
+        Where the transformer runs (float32).
+    weights_dir:
+        A folder written by ``python -m headforcing.toyworld.train``; the shipped weights by
+        default.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a weight file is missing, naming it and how to make it.
+    ValueError
+        If the files were trained for another preset or do not fit the preset's shapes.
+    """
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"toy-world weights missing in {folder}: {', '.join(missing)}. Reinstall headforcing "
+            "(the package ships them), or train them: python -m headforcing.toyworld.train "
+            f"--out {folder}"
+        )
+    meta = json.loads((folder / "config.json").read_text())
+    preset = get_preset(meta.get("preset", "?"))
+    if preset.name != "toy" or preset.video.vae_stride[1] != SPATIAL_STRIDE:
+        raise ValueError(f"{folder / 'config.json'} is for preset {preset.name!r}, not 'toy'")
+    model = model_from_state_dict(
+        load_file(str(folder / "model.safetensors")),
+        preset.model,
+        source=str(folder / "model.safetensors"),
+        device=device,
+        dtype=torch.float32,
+    )
+    return Pipeline(preset, model, load_toy_text_encoder(folder), ToyDecoder(SPATIAL_STRIDE))

@@ -1,0 +1,369 @@
+"""Train the toy-world model: diffusion forcing with flow matching on 21-frame clips.
+
+Every step renders a fresh batch of clips (scene, motion and prompt drawn from the step's seed),
+patchifies them into latents and gives every 3-frame chunk its own noise level. About half the
+chunks are left clean (``t = 0``): that is what the KV cache holds at inference (the commit pass
+of each finished chunk), so clean context must be in distribution. The whole clip goes through
+the model at once under the block-causal mask (each chunk sees itself and earlier chunks), and
+the flow-matching loss (target ``v = noise - x0``) is taken on the noisy chunks only: a clean
+chunk's target would be unobservable noise. Sprite pixels weigh ``1 + fg_weight`` in the loss.
+
+Half the clips start where the prompt says (``world.canonical_motion``): the sampler (predict
+x0, re-noise with fresh noise) makes a model that was not distilled draw the conditional mean,
+so the start the model generates from nothing must be determined by the prompt. The other half
+start anywhere and teach the dynamics from any state; their first chunk is always clean context,
+so the model never learns to generate an undetermined start.
+
+Run::
+
+    python -m headforcing.toyworld.train --out DIR --steps 1800 --seed 0
+
+writes ``model.safetensors`` (the transformer, EMA weights), ``text_encoder.safetensors``,
+``config.json`` (preset, text encoder, training settings, seed, final loss, wall time) and
+``training_log.jsonl`` (mean loss every ``log_every`` steps, with the wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from headforcing.model import DenseAttention, WanModel, block_causal_mask, get_preset
+from headforcing.toyworld.codec import SPATIAL_STRIDE, encode_frames
+from headforcing.toyworld.text import ToyTextEncoder
+from headforcing.toyworld.world import random_scene, render_clip, vocabulary
+
+PRESET = "toy"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (all saved in ``config.json``).
+
+    Parameters
+    ----------
+    steps:
+        Optimizer steps.
+    batch:
+        Clips per step.
+    clip_frames:
+        Frames per clip (the trained horizon: 21 latent frames, as Wan).
+    lr, lr_min, warmup, weight_decay, grad_clip:
+        AdamW with linear warm-up, then a cosine decay to ``lr_min``.
+    clean_prob:
+        Chance that a chunk is left clean (``t = 0``, no loss) as context for later chunks.
+    random_start_prob:
+        Share of clips that start at random (their first chunk is clean context only).
+    fg_weight:
+        Extra loss weight on sprite pixels and their neighbours (sprites are ~5 % of a frame,
+        yet all of the motion).
+    time_shift:
+        Noise levels of the noisy chunks: ``u ~ U(0, 1)`` shifted by ``s u / (1 + (s - 1) u)``.
+    ema_decay:
+        Decay of the weight average that is saved.
+    seed:
+        Seeds the weights, the data and the noise.
+    log_every:
+        Steps per log line.
+    """
+
+    steps: int = 1800
+    batch: int = 4
+    clip_frames: int = 21
+    lr: float = 7e-4
+    lr_min: float = 5e-5
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    clean_prob: float = 0.5
+    random_start_prob: float = 0.5
+    fg_weight: float = 4.0
+    time_shift: float = 2.0
+    ema_decay: float = 0.995
+    seed: int = 0
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch < 1:
+            raise ValueError(f"steps and batch must be >= 1, got {self.steps}, {self.batch}")
+        if not 0 <= self.clean_prob < 1:
+            raise ValueError(f"clean_prob must lie in [0, 1), got {self.clean_prob}")
+        if self.clip_frames < 1:
+            raise ValueError(f"clip_frames must be >= 1, got {self.clip_frames}")
+
+
+def text_encoder_for(preset_name: str = PRESET, seed: int = 0) -> ToyTextEncoder:
+    """A fresh toy text encoder sized for the preset (seeded)."""
+    config = get_preset(preset_name).model
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return ToyTextEncoder(vocabulary(), config.text_len, config.text_dim)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch: prompts, latents ``[B, C, F, h, w]``, loss weights of the same shape
+    (``1 + fg_weight`` on and next to sprites, 1 elsewhere) and ``random_start [B]``: clips
+    that start anywhere, whose first chunk is only ever clean context."""
+
+    prompts: list[str]
+    latents: torch.Tensor
+    weights: torch.Tensor
+    random_start: torch.Tensor
+
+
+def sample_batch(batch: int, config: TrainConfig, step: int) -> Batch:
+    """``batch`` random clips of step ``step`` (same seed and step, same batch).
+
+    A share ``1 - random_start_prob`` starts where the prompt says (the canonical start, what the
+    model must generate from nothing); the rest start at random positions and velocities and
+    teach the dynamics from any state.
+    """
+    rng = np.random.default_rng([config.seed, step])
+    prompts, clips, masks, random_start = [], [], [], []
+    for _ in range(batch):
+        scene = random_scene(rng)
+        is_random = bool(rng.random() < config.random_start_prob)
+        seed = int(rng.integers(2**31)) if is_random else None
+        clip = render_clip(scene, config.clip_frames, seed)
+        prompts.append(scene.prompt())
+        clips.append(clip)
+        masks.append(_dilate((clip != scene.background_image()).any(-1)))
+        random_start.append(is_random)
+    foreground = np.repeat(np.stack(masks)[..., None], 3, axis=-1).astype(np.uint8) * 255
+    weights = 1 + config.fg_weight * (encode_frames(foreground, SPATIAL_STRIDE) > 0).float()
+    latents = encode_frames(np.stack(clips), SPATIAL_STRIDE)
+    return Batch(prompts, latents, weights, torch.tensor(random_start))
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """``[F, H, W]`` boolean mask grown by one pixel (8-neighbourhood)."""
+    padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)))
+    height, width = mask.shape[1:]
+    shifted = [
+        padded[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
+        for dr in (-1, 0, 1)
+        for dc in (-1, 0, 1)
+    ]
+    return np.any(shifted, axis=0)
+
+
+def chunk_sigmas(
+    random_start: torch.Tensor, num_chunks: int, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Noise level of every chunk ``[B, num_chunks]``: 0 (clean context) or a shifted uniform.
+
+    The first chunk of a random-start clip is always clean: the model never learns to generate
+    a start the prompt does not determine.
+    """
+    batch = len(random_start)
+    uniform = torch.rand(batch, num_chunks, generator=generator)
+    shift = config.time_shift
+    sigmas = shift * uniform / (1 + (shift - 1) * uniform)
+    clean = torch.rand(batch, num_chunks, generator=generator) < config.clean_prob
+    clean[:, 0] &= torch.rand(batch, generator=generator) < 0.1  # first chunks mostly learn
+    clean[:, 0] |= random_start
+    return torch.where(clean, torch.zeros_like(sigmas), sigmas)
+
+
+class DiffusionForcing(nn.Module):
+    """The transformer and the text encoder with the diffusion-forcing loss of one batch."""
+
+    def __init__(self, model: WanModel, text_encoder: ToyTextEncoder, clip_frames: int) -> None:
+        super().__init__()
+        self.model = model
+        self.text_encoder = text_encoder
+        config = model.config
+        chunk_frames = get_preset(PRESET).video.chunk_frames
+        self.chunk_frames = chunk_frames
+        latent_size = get_preset(PRESET).video.height // SPATIAL_STRIDE
+        self.grid = (latent_size // config.patch_size[1], latent_size // config.patch_size[2])
+        self.mask = block_causal_mask(clip_frames, chunk_frames)
+        self.positions = torch.arange(clip_frames)
+
+    def loss(self, batch: Batch, sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """noise: ``[B, C, F, h, w]``; sigmas: ``[B, chunks]`` -> weighted MSE on v (scalar)."""
+        latents = batch.latents
+        context = self.model.encode_text(self.text_encoder.encode(batch.prompts))
+        frames = latents.shape[2]
+        sigma_frames = sigmas.repeat_interleave(self.chunk_frames, dim=1)[:, :frames]  # [B, F]
+        sigma_b = sigma_frames[:, None, :, None, None]
+        noisy = (1 - sigma_b) * latents + sigma_b * noise
+        attention = DenseAttention(self.model.rope, self.positions, *self.grid, self.mask)
+        flow = self.model(noisy, sigma_frames * 1000, context, attention)
+        error = ((flow - (noise - latents)).pow(2) * batch.weights).mean(dim=(1, 3, 4))  # [B, F]
+        weight = (sigma_frames > 0).float()
+        return (error * weight).sum() / weight.sum().clamp(min=1)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def train(
+    config: TrainConfig,
+    *,
+    fixed_batch: bool = False,
+    on_log: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[int, DiffusionForcing], None] | None = None,
+    checkpoint_every: int = 500,
+    init: Path | None = None,
+) -> tuple[DiffusionForcing, DiffusionForcing, list[float]]:
+    """Train from scratch; returns the trained modules, their EMA copy and the loss of every step.
+
+    ``fixed_batch`` reuses step 0's clips, noise and noise levels at every step (a pure
+    optimisation check for tests). ``on_checkpoint(step, ema)`` is called every
+    ``checkpoint_every`` steps (intermediate weights for long runs). ``init`` continues from
+    the weights a previous run saved there (fresh optimizer and schedule; the data of step
+    ``k`` is drawn from ``(seed, k)``, so give a continuation another seed).
+    """
+    torch.manual_seed(config.seed)
+    model = WanModel(get_preset(PRESET).model)
+    net = DiffusionForcing(model, text_encoder_for(seed=config.seed), config.clip_frames).train()
+    if init is not None:
+        _load_weights(net, init)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    # no weight decay on the word table (keeps the UNK row fixed), norms, modulation, biases
+    decay = [p for n, p in net.named_parameters() if p.dim() >= 2 and "words" not in n]
+    no_decay = [p for n, p in net.named_parameters() if p.dim() < 2 or "words" in n]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay}],
+        lr=config.lr,
+        weight_decay=0.0,
+    )
+    generator = torch.Generator().manual_seed(config.seed)
+    num_chunks = -(-config.clip_frames // net.chunk_frames)
+    losses: list[float] = []
+    start = time.perf_counter()
+    batch = None
+    for step in range(config.steps):
+        if batch is None or not fixed_batch:
+            clips = sample_batch(config.batch, config, step)
+            sigmas = chunk_sigmas(clips.random_start, num_chunks, config, generator)
+            noise = torch.randn(clips.latents.shape, generator=generator)
+            batch = (clips, sigmas, noise)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, config)
+        loss = net.loss(*batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        _update_ema(ema, net, min(config.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.item())
+        if on_log is not None and (step + 1) % config.log_every == 0:
+            recent = losses[-config.log_every :]
+            on_log(
+                {
+                    "step": step + 1,
+                    "loss": sum(recent) / len(recent),
+                    "lr": learning_rate(step, config),
+                    "wall_s": round(time.perf_counter() - start, 1),
+                }
+            )
+        if on_checkpoint is not None and (step + 1) % checkpoint_every == 0:
+            on_checkpoint(step + 1, ema)
+    return net, ema, losses
+
+
+@torch.no_grad()
+def _load_weights(net: DiffusionForcing, folder: Path) -> None:
+    """Load a saved run's weights (float16 files) into ``net`` as float32, strictly."""
+    for module, name in ((net.model, "model"), (net.text_encoder, "text_encoder")):
+        state = load_file(str(folder / f"{name}.safetensors"))
+        module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    for averaged, current in zip(ema.parameters(), net.parameters(), strict=True):
+        averaged.lerp_(current, 1 - decay)
+
+
+STORED_DTYPE = torch.float16  # halves the shipped files; loading casts back to float32
+
+
+def save(out: Path, ema: DiffusionForcing, config: TrainConfig, summary: dict) -> None:
+    """Write the weights (safetensors, float16) and ``config.json`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for module, name in ((ema.model, "model"), (ema.text_encoder, "text_encoder")):
+        state = {k: v.to(STORED_DTYPE).contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(out / f"{name}.safetensors"))
+    text = ema.text_encoder
+    meta = {
+        "preset": PRESET,
+        "model": asdict(get_preset(PRESET).model),
+        "video": asdict(get_preset(PRESET).video),
+        "text_encoder": {
+            "vocabulary": text.vocabulary,
+            "text_len": text.text_len,
+            "text_dim": text.text_dim,
+            "num_heads": text.attention.num_heads,
+        },
+        "latent": {"kind": "pixel_unshuffle", "spatial_stride": SPATIAL_STRIDE, "range": [-1, 1]},
+        "train": asdict(config),
+        "stored_dtype": str(STORED_DTYPE).removeprefix("torch."),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        **summary,
+    }
+    (out / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for weights and logs")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--batch", type=int, default=TrainConfig.batch)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--init", type=Path, default=None, help="continue from a run's weights")
+    parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = TrainConfig(
+        steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr, warmup=args.warmup
+    )
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_path = args.out / "training_log.jsonl"
+    with log_path.open("w") as log:
+
+        def write(record: dict) -> None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+
+        start = time.perf_counter()
+
+        def checkpoint(step: int, ema: DiffusionForcing) -> None:
+            save(args.out / "checkpoint", ema, config, {"step": step})
+
+        _, ema, losses = train(config, on_log=write, on_checkpoint=checkpoint, init=args.init)
+        wall = time.perf_counter() - start
+    tail = losses[-config.log_every :]
+    summary = {"final_loss": sum(tail) / len(tail), "wall_s": round(wall, 1)}
+    if args.init is not None:
+        previous = json.loads((args.init / "config.json").read_text())
+        summary["init"] = {key: previous.get(key) for key in ("train", "final_loss", "wall_s")}
+    save(args.out, ema, config, summary)
+    print(f"saved to {args.out}: {json.dumps(summary)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""The toy world: renderer, latent codec, text encoder, metrics, training, shipped weights."""
+
+import numpy as np
+import pytest
+import torch
+
+from headforcing.toyworld.codec import ToyDecoder, decode_latents, encode_frames
+from headforcing.toyworld.evaluate import (
+    ABSOLUTE_TOLERANCE,
+    EVAL_PROMPTS,
+    compare_to_real,
+    format_table,
+    model_metrics,
+    real_metrics,
+)
+from headforcing.toyworld.metrics import (
+    TELEPORT_PIXELS,
+    drift,
+    find_sprites,
+    label_components,
+    segment_metrics,
+    video_metrics,
+)
+from headforcing.toyworld.pretrained import WEIGHTS_DIR, load_toy_pipeline
+from headforcing.toyworld.text import ToyTextEncoder
+from headforcing.toyworld.train import TrainConfig, save, train
+from headforcing.toyworld.world import (
+    MAX_SPEED,
+    SPRITE_GAP,
+    START_SLOTS,
+    Scene,
+    Sprite,
+    random_scene,
+    render_clip,
+    render_schedule,
+    simulate,
+    vocabulary,
+)
+
+SCENE = Scene.from_prompt(
+    "two red circles and a blue square bounce over a green striped background"
+)
+
+
+# -- world ---------------------------------------------------------------------------------------
+
+
+def test_same_seed_same_clip_other_seed_differs():
+    first, again = render_clip(SCENE, 21, seed=3), render_clip(SCENE, 21, seed=3)
+    other = render_clip(SCENE, 21, seed=4)
+    assert first.shape == (21, 32, 32, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_canonical_start_is_what_the_prompt_implies():
+    scene = Scene.from_prompt(
+        "a cyan square, a red circle and a white circle bounce over a gray dotted background"
+    )
+    first, again = render_clip(scene, 21), render_clip(scene, 21)
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, render_clip(scene, 21, seed=0))
+    corners = simulate(scene, 3)  # sprite k of the canonical order starts at slot k
+    assert [tuple(c) for c in corners[0]] == list(START_SLOTS[3])
+    assert [s.colour for s in scene.sprites] == ["cyan", "red", "white"]
+    velocity = corners[2] - corners[0]
+    # slot 0 moves down-right, slot 1 down-left, slot 2 up-right
+    assert (np.sign(velocity) == np.array([[1, 1], [1, -1], [-1, 1]])).all()
+
+
+def test_prompt_round_trip_and_canonical_order():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        scene = random_scene(rng)
+        assert Scene.from_prompt(scene.prompt()) == scene
+    assert SCENE.prompt() == (
+        "a blue square and two red circles bounce over a green striped background"
+    )
+    assert len(SCENE.sprites) == 3
+    assert Scene.from_prompt("A  white circle bounces over a GRAY dotted background").sprites == (
+        Sprite("white", "circle"),
+    )
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a dog runs over a green striped background",
+        "two red circle bounce over a green striped background",
+        "a red circle bounces over a pink striped background",
+        "",
+    ],
+)
+def test_bad_prompt_is_refused(prompt):
+    with pytest.raises(ValueError, match=r"prompt|count|background"):
+        Scene.from_prompt(prompt)
+
+
+def test_real_clip_shows_what_the_prompt_says():
+    rng = np.random.default_rng(1)
+    for seed in range(10):
+        scene = random_scene(rng)
+        clip = render_clip(scene, 60, seed)
+        background = scene.background_image()
+        sprite_pixels = (clip != background).any(-1).sum(axis=(1, 2))
+        assert (sprite_pixels <= sum(s.area for s in scene.sprites)).all()
+        for blobs in find_sprites(clip, scene):
+            assert len(blobs) == len(scene.sprites)  # sprites never touch
+            found = sorted(tuple(np.round(b.colour).astype(int)) for b in blobs)
+            assert found == sorted(s.rgb for s in scene.sprites)
+
+
+def test_motion_is_bounded_and_sprites_keep_apart():
+    scene = Scene.from_prompt("three white squares bounce over a brown checkered background")
+    corners = simulate(scene, 500, seed=5)  # [F, N, 2]
+    steps = np.abs(np.diff(corners, axis=0))
+    assert steps.max() <= np.ceil(MAX_SPEED) + 1
+    assert (steps.sum(axis=(1, 2)) > 0).mean() > 0.9, "sprites should keep moving"
+    assert corners.min() >= 0 and (corners + 6).max() <= 32
+    for frame in corners:
+        for i in range(3):
+            for j in range(i + 1, 3):
+                gaps = np.abs(frame[i] - frame[j]) - 6
+                assert gaps.max() >= SPRITE_GAP
+
+
+def test_prompt_schedule_switches_background_and_keeps_sprites_moving():
+    second = Scene.from_prompt(
+        "two red circles and a blue square bounce over a gray dotted background"
+    )
+    frames, scenes = render_schedule([(0, SCENE), (10, second)], 20, seed=2)
+    assert frames.shape == (20, 32, 32, 3) and scenes[9] == SCENE and scenes[10] == second
+    segments = video_metrics(frames, scenes, segment_frames=20)
+    assert segments[0].background_error == 0 and segments[0].count_error == 0
+    assert segments[0].teleport_rate == 0, "sprites jumped at the prompt switch"
+    canonical, _ = render_schedule([(0, SCENE), (10, second)], 20)
+    assert np.array_equal(canonical[:10], render_clip(SCENE, 10))
+    assert video_metrics(canonical, scenes, segment_frames=20)[0].teleport_rate == 0
+    with pytest.raises(ValueError, match="frame 0"):
+        render_schedule([(5, SCENE)], 20, seed=0)
+
+
+# -- latents and text ----------------------------------------------------------------------------
+
+
+def test_patchify_is_exactly_invertible():
+    clip = render_clip(SCENE, 6, seed=0)
+    latents = encode_frames(clip[None])
+    assert latents.shape == (1, 48, 6, 8, 8) and latents.abs().max() <= 1
+    decoder = ToyDecoder()
+    assert decoder.temporal_stride == 1 and decoder.spatial_stride == 4
+    decoded = torch.cat([decoder.decode_chunk(latents[:, :, i : i + 3]) for i in (0, 3)], dim=1)
+    assert torch.equal(decoded[0], torch.from_numpy(clip))
+    pixel = decode_latents(latents)  # independent check of the layout: one 4x4 block
+    assert torch.equal(pixel[0, :, 0, :4, :4], latents[0, :, 0, 0, 0].view(3, 4, 4))
+
+
+def test_text_encoder_pads_with_zero_and_tells_word_order_apart():
+    torch.manual_seed(0)
+    encoder = ToyTextEncoder(vocabulary(), text_len=24, text_dim=16).eval()
+    with torch.no_grad():
+        first, swapped, unknown = encoder.encode(
+            [
+                "a red circle and a blue square bounce over a green striped background",
+                "a blue circle and a red square bounce over a green striped background",
+                "a zebra",
+            ]
+        )
+    assert first.shape == (24, 16)
+    assert (first[13:] == 0).all() and (first[:13].abs().sum(-1) > 0).all()
+    assert not torch.allclose(first, swapped, atol=1e-3)
+    assert (unknown[2:] == 0).all() and (unknown[1] != 0).all()
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def test_components_match_scipy():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(0)
+    mask = rng.random((4, 32, 32)) < 0.45
+    labels = label_components(mask)
+    for frame_mask, frame_labels in zip(mask, labels, strict=True):
+        reference, count = ndimage.label(frame_mask, structure=np.ones((3, 3)))
+        assert len(np.unique(frame_labels[frame_mask])) == count
+        pairs = set(
+            zip(reference[frame_mask].tolist(), frame_labels[frame_mask].tolist(), strict=True)
+        )
+        assert len(pairs) == count  # the same partition
+
+
+def test_real_clips_score_as_the_truth():
+    for seed, prompt in enumerate(EVAL_PROMPTS):
+        scene = Scene.from_prompt(prompt)
+        metrics = segment_metrics(render_clip(scene, 21, seed), scene)
+        assert metrics.background_error == 0 and metrics.flicker == 0
+        assert metrics.count_error == 0 and metrics.colour_error == 0
+        assert metrics.teleport_rate == 0
+        assert 0.5 < metrics.motion < MAX_SPEED * np.sqrt(2) + 1
+        assert 0.8 < metrics.sharpness_ratio < 1.25
+    segments = video_metrics(render_clip(SCENE, 63, 0), SCENE)
+    assert len(segments) == 3
+    assert drift(segments)["background_error"] == 0 and drift(segments)["count_error"] == 0
+
+
+def test_metrics_fail_corrupted_clips():
+    clip = render_clip(SCENE, 21, seed=0)
+    real = segment_metrics(clip, SCENE)
+    rng = np.random.default_rng(0)
+
+    frozen = segment_metrics(np.repeat(clip[:1], 21, axis=0), SCENE)
+    assert frozen.motion == 0 and real.motion > 0.5
+
+    noisy = np.clip(clip + rng.normal(0, 40, clip.shape), 0, 255).astype(np.uint8)
+    noisy_metrics = segment_metrics(noisy, SCENE)
+    assert noisy_metrics.background_error > 0.1 and noisy_metrics.flicker > 0.1
+    assert noisy_metrics.count_error > 1 and noisy_metrics.sharpness_ratio > 2
+
+    shuffled = segment_metrics(clip[rng.permutation(21)], SCENE)
+    assert shuffled.teleport_rate > 0.2 and shuffled.motion > 2 * real.motion
+
+    blurred = (clip[:, :-1, :-1].astype(float) + clip[:, 1:, 1:]) / 2
+    blurred = np.pad(blurred, ((0, 0), (0, 1), (0, 1), (0, 0)), mode="edge").astype(np.uint8)
+    assert segment_metrics(blurred, SCENE).sharpness_ratio < 0.67
+
+    wrong = Scene.from_prompt(
+        "two yellow circles and a cyan square bounce over a gray dotted background"
+    )
+    wrong_metrics = segment_metrics(clip, wrong)
+    assert wrong_metrics.background_error > 0.1 and wrong_metrics.colour_error > 0.2
+
+    empty = np.repeat(SCENE.background_image()[None], 21, axis=0)
+    assert segment_metrics(empty, SCENE).count_error == 3
+
+    # float input in [-1, 1] is the same video
+    as_float = torch.from_numpy(clip).float() / 127.5 - 1
+    assert segment_metrics(as_float, SCENE) == real
+    assert MAX_SPEED * np.sqrt(2) + 1 < TELEPORT_PIXELS
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def test_training_is_reproducible_and_learns():
+    config = TrainConfig(steps=2, batch=1, seed=7, warmup=1)
+    _, _, first = train(config)
+    _, _, again = train(config)
+    assert first == again
+    _, _, other = train(TrainConfig(steps=2, batch=1, seed=8, warmup=1))
+    assert first != other
+
+    fixed = TrainConfig(steps=30, batch=1, seed=0, warmup=5, lr=2e-3)
+    _, _, losses = train(fixed, fixed_batch=True)
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+
+
+def test_continuing_from_saved_weights(tmp_path):
+    config = TrainConfig(steps=1, batch=1, seed=0, warmup=1)
+    _, ema, _ = train(config)
+    save(tmp_path, ema, config, {"final_loss": 0.0, "wall_s": 0.0})
+    net, _, _ = train(TrainConfig(steps=1, batch=1, seed=1, warmup=1, lr=1e-12), init=tmp_path)
+    for name, value in ema.model.state_dict().items():
+        torch.testing.assert_close(net.model.state_dict()[name], value, atol=2e-3, rtol=2e-3)
+    pipeline = load_toy_pipeline(weights_dir=tmp_path)
+    assert pipeline.preset.name == "toy" and pipeline.latent_shape == (48, 8, 8)
+
+
+# -- the shipped model ---------------------------------------------------------------------------
+
+
+def test_missing_weights_error_names_the_fix(tmp_path):
+    with pytest.raises(
+        FileNotFoundError, match=r"model\.safetensors.*headforcing\.toyworld\.train"
+    ):
+        load_toy_pipeline(weights_dir=tmp_path)
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").exists(), reason="no shipped weights")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known open defect (issue 6): the shipped toy model misses sprite count and colour "
+    "at 21 frames (count_error 0.65 > 0.25, colour_error 0.33 > 0.1); strict, so a model that "
+    "passes turns this red until the mark is removed",
+)
+def test_shipped_model_is_close_to_real_clips_at_the_training_horizon():
+    """Samples of 21 frames (the trained horizon, full cache): every metric within 1.5x of real
+    clips where they score above zero, within ABSOLUTE_TOLERANCE where they score zero."""
+    pipeline = load_toy_pipeline()
+    seeds = (0, 1)
+    real = real_metrics(EVAL_PROMPTS)[0]
+    model = model_metrics(pipeline, EVAL_PROMPTS, seeds)[0]
+    rows = compare_to_real(model, real)
+    assert {r.name for r in rows if r.real == 0} <= set(ABSOLUTE_TOLERANCE)
+    assert all(r.passed for r in rows), "\n" + format_table(rows)
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").exists(), reason="no shipped weights")
+def test_demo_writes_video_report_and_pictures(tmp_path, capsys):
+    from headforcing.cli import main
+    from headforcing.io.video import read_video
+
+    assert main(["demo", "--frames", "42", "--out-dir", str(tmp_path)]) == 0
+    video = read_video(tmp_path / "demo.mp4")
+    assert video.shape[0] == 42 and video.shape[2] > 3 * 128  # three labelled panels
+    report = (tmp_path / "report.md").read_text()
+    for name in ("real clip", "window-21 (absolute)", "head_forcing"):
+        assert f"| {name} | drift |" in report
+    for picture in ("metrics_over_time.png", "head_map.png"):
+        assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
+    assert "side-by-side video" in capsys.readouterr().out
