@@ -550,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the toy model far past its horizon: Head Forcing beside a baseline"
     )
-    demo.add_argument("--frames", type=int, default=420, help="latent frames (default 420)")
+    demo.add_argument(
+        "--frames", type=int, default=252, help="latent frames (default 252: 12x the horizon)"
+    )
     demo.add_argument("--out-dir", type=Path, default=Path("demo"))
     demo.add_argument(
         "--baseline",

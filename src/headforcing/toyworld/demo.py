@@ -87,7 +87,7 @@ def plot_over_time(per_policy: dict[str, list], path: Path) -> Path:
 
 def run_demo(
     out_dir: Path,
-    frames: int = 420,
+    frames: int = 252,
     baseline: str = "window-21 (absolute)",
     prompt: str | None = None,
     seed: int = 0,
