@@ -266,3 +266,22 @@ def test_browser_types_a_prompt_mid_stream_and_sees_the_new_frames(tmp_path, mon
     assert read_video(out).shape == (written, 64, 64, 3)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(base + "state", timeout=2)
+
+
+def test_live_session_hands_over_a_head_map_profiled_online(tmp_path):
+    pipeline = Pipeline.with_standins("tiny", height=64, width=64)
+    maps = []
+    session = LiveSession(
+        pipeline,
+        make_policy("head_forcing"),
+        "a red ball",
+        24,
+        tmp_path / "live.mp4",
+        pace=False,
+        on_head_map=maps.append,
+    )
+    session.start()
+    session.join(120)
+    assert not session.running
+    assert len(maps) == 1 and maps[0].preset == "tiny"
+    assert sum(maps[0].counts().values()) == 2 * 4

@@ -322,6 +322,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_interactive(args: argparse.Namespace) -> int:
+    from headforcing.heads.store import store_map
     from headforcing.interactive import LiveSession, serve
 
     # prepare input: the model, then the page
@@ -340,6 +341,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
         seed=args.seed,
         switch=args.switch,
         pace=not args.no_pace,
+        on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
     )
     server = serve(session, args.port)
     print(f"open {server.url} (video: {args.out}; Ctrl-C stops)", flush=True)

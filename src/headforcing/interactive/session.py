@@ -17,12 +17,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from headforcing.cache import CachePolicy
+from headforcing.heads.headmap import HeadMap
 from headforcing.io.video import VideoWriter
 from headforcing.pipeline import Pipeline
 
@@ -98,11 +100,13 @@ class LiveSession:
         switch: str = "head-aware",
         pace: bool = True,
         keep_frames: int = 64,
+        on_head_map: Callable[[HeadMap], None] | None = None,
     ) -> None:
         self.pipeline, self.policy = pipeline, policy
         self.prompt = LivePrompt(prompt)
         self.num_frames, self.out, self.seed, self.switch = num_frames, Path(out), seed, switch
         self.pace = pace
+        self.on_head_map = on_head_map  # a head map profiled online during the run
         video = pipeline.preset.video
         self.fps = video.fps
         self.chunk_seconds = video.chunk_frames * video.vae_stride[0] / video.fps
@@ -176,7 +180,12 @@ class LiveSession:
     def _run(self) -> None:
         writer = VideoWriter(self.out, fps=self.fps, live=True)
         stream = self.pipeline.stream(
-            self.prompt, self.num_frames, self.policy, seed=self.seed, switch=self.switch
+            self.prompt,
+            self.num_frames,
+            self.policy,
+            seed=self.seed,
+            switch=self.switch,
+            on_head_map=self.on_head_map,
         )
         began = time.monotonic()
         try:
