@@ -81,41 +81,48 @@ class AttentionRecorder:
 
 
 def check_against_reference(recorder: AttentionRecorder, head_dim: int, tokens_per_frame: int):
-    """Every logged pass vs naive attention over the reported tokens at reported positions."""
-    committed_k, committed_v = {}, {}  # layer -> raw [B, tokens, H, D] of all committed chunks
-    width = GRID[1]
-    checked = 0
+    """Every logged pass vs naive attention over the tokens the cache reports keeping, with the
+    raw K/V last committed for each token (a prompt switch re-commits tokens), rotated
+    independently at the positions the cache reports."""
+    raw_k, raw_v = {}, {}  # layer -> [B, tokens, H, D], indexed by token id
+    width, checked = GRID[1], 0
     for entry in recorder.log:
         layer, chunk = entry["layer"], entry["chunk"]
         for heads, token_ids, context_pos, chunk_pos in entry["reports"]:
             q = entry["q"][:, :, heads].transpose(1, 2)
             spatial = torch.arange(chunk.num_tokens) % tokens_per_frame
             frame_pos = chunk_pos.repeat_interleave(tokens_per_frame)
-            chunk_angles = reference_rope_angles(
-                head_dim, frame_pos, spatial // width, spatial % width
-            )
-            keys = [reference_rotate(entry["k"][:, :, heads].transpose(1, 2), chunk_angles)]
+            angles = reference_rope_angles(head_dim, frame_pos, spatial // width, spatial % width)
+            keys = [reference_rotate(entry["k"][:, :, heads].transpose(1, 2), angles)]
             values = [entry["v"][:, :, heads].transpose(1, 2).double()]
             if token_ids.numel():
-                assert token_ids.max() < chunk.first_frame * tokens_per_frame
+                assert token_ids.max() < chunk.first_frame * tokens_per_frame  # causal
+                assert (token_ids[1:] > token_ids[:-1]).all()  # no token twice
                 spatial = token_ids % tokens_per_frame
-                ctx_angles = reference_rope_angles(
+                ctx = reference_rope_angles(
                     head_dim, context_pos, spatial // width, spatial % width
                 )
-                past_k = committed_k[layer][:, token_ids][:, :, heads].transpose(1, 2)
-                keys.insert(0, reference_rotate(past_k, ctx_angles))
-                past_v = committed_v[layer][:, token_ids][:, :, heads].transpose(1, 2)
-                values.insert(0, past_v.double())
+                past_k = raw_k[layer][:, token_ids][:, :, heads].transpose(1, 2)
+                keys.insert(0, reference_rotate(past_k, ctx))
+                values.insert(0, raw_v[layer][:, token_ids][:, :, heads].transpose(1, 2).double())
             expected = naive_attention(
-                reference_rotate(q, chunk_angles), torch.cat(keys, 2), torch.cat(values, 2)
+                reference_rotate(q, angles), torch.cat(keys, 2), torch.cat(values, 2)
             )
             actual = entry["out"][:, :, heads].transpose(1, 2)
             assert relative_error(actual, expected) <= 1e-5, (layer, chunk, heads)
             checked += 1
         if entry["commit"]:
-            for store, name in ((committed_k, "k"), (committed_v, "v")):
-                previous = store.get(layer, entry[name][:, :0])
-                store[layer] = torch.cat([previous, entry[name]], dim=1)
+            ids = chunk.token_ids()
+            for store, name in ((raw_k, "k"), (raw_v, "v")):
+                tensor = entry[name]
+                held = store.setdefault(
+                    layer, tensor.new_zeros(tensor.shape[0], 0, *tensor.shape[2:])
+                )
+                if held.shape[1] < ids[-1] + 1:
+                    grown = held.new_zeros(held.shape[0], int(ids[-1]) + 1, *held.shape[2:])
+                    grown[:, : held.shape[1]] = held
+                    store[layer] = held = grown
+                held[:, ids] = tensor
     return checked
 
 

@@ -15,8 +15,8 @@ from headforcing.schedule import FrameClock, load_schedule
 from headforcing.switch import PromptSwitcher, plan_switch
 
 from .conftest import random_head_map, random_model
-from .reference import naive_attention, reference_rope_angles, reference_rotate, relative_error
-from .test_cache import GRID, LATENT, AttentionRecorder
+from .reference import relative_error
+from .test_cache import GRID, LATENT, AttentionRecorder, check_against_reference
 
 
 def log_passes(model):
@@ -196,52 +196,6 @@ def test_recache_equals_rerunning_the_frames_with_the_new_prompt(
 # ------------------------------------- sink kept, head-aware: naive attention over kept tokens
 
 
-def check_with_overwrites(recorder, head_dim, tokens_per_frame):
-    """Like ``test_cache.check_against_reference``, where a re-committed token replaces the
-    raw K/V stored for it: every pass equals naive attention over the tokens the cache reports,
-    with the K/V last committed for each, at the positions it reports."""
-    raw_k, raw_v = {}, {}  # layer -> [B, tokens, H, D], indexed by token id
-    width, checked = GRID[1], 0
-    for entry in recorder.log:
-        layer, chunk = entry["layer"], entry["chunk"]
-        for heads, token_ids, context_pos, chunk_pos in entry["reports"]:
-            q = entry["q"][:, :, heads].transpose(1, 2)
-            spatial = torch.arange(chunk.num_tokens) % tokens_per_frame
-            frame_pos = chunk_pos.repeat_interleave(tokens_per_frame)
-            angles = reference_rope_angles(head_dim, frame_pos, spatial // width, spatial % width)
-            keys = [reference_rotate(entry["k"][:, :, heads].transpose(1, 2), angles)]
-            values = [entry["v"][:, :, heads].transpose(1, 2).double()]
-            if token_ids.numel():
-                assert token_ids.max() < chunk.first_frame * tokens_per_frame  # causal
-                assert (token_ids[1:] > token_ids[:-1]).all()  # no token twice
-                spatial = token_ids % tokens_per_frame
-                ctx = reference_rope_angles(
-                    head_dim, context_pos, spatial // width, spatial % width
-                )
-                past_k = raw_k[layer][:, token_ids][:, :, heads].transpose(1, 2)
-                keys.insert(0, reference_rotate(past_k, ctx))
-                values.insert(0, raw_v[layer][:, token_ids][:, :, heads].transpose(1, 2).double())
-            expected = naive_attention(
-                reference_rotate(q, angles), torch.cat(keys, 2), torch.cat(values, 2)
-            )
-            actual = entry["out"][:, :, heads].transpose(1, 2)
-            assert relative_error(actual, expected) <= 1e-5, (layer, chunk, heads)
-            checked += 1
-        if entry["commit"]:
-            ids = chunk.token_ids()
-            for store, name in ((raw_k, "k"), (raw_v, "v")):
-                tensor = entry[name]
-                held = store.setdefault(
-                    layer, tensor.new_zeros(tensor.shape[0], 0, *tensor.shape[2:])
-                )
-                if held.shape[1] < ids[-1] + 1:
-                    grown = held.new_zeros(held.shape[0], int(ids[-1]) + 1, *held.shape[2:])
-                    grown[:, : held.shape[1]] = held
-                    store[layer] = held = grown
-                held[:, ids] = tensor
-    return checked
-
-
 def head_forcing_policy(config, positions):
     return HeadForcingPolicy(
         head_map=random_head_map(config, seed=2),
@@ -293,7 +247,7 @@ def test_switches_match_naive_attention_over_reported_tokens(
                 plans.append(switcher.apply(context[prompt]))
                 check_switch(cache, plans[-1], before, keys_before, policy)
             run_until(model, cache, switcher, context[prompt], end, generator)
-    checked = check_with_overwrites(recorder, small_config.head_dim, GRID[0] * GRID[1])
+    checked = check_against_reference(recorder, small_config.head_dim, GRID[0] * GRID[1])
     rerun_chunks = sum(-(-p.rebuilt_frames // 3) for p in plans)
     assert checked == (12 * 5 + rerun_chunks) * sum(len(groups) for groups in cache.layers)
     if positions == "relative":
