@@ -16,7 +16,7 @@ import torch
 from headforcing.cache import CachePolicy, KVCache
 from headforcing.cache.policies import HeadForcingPolicy
 from headforcing.heads.headmap import HeadMap
-from headforcing.heads.profile import HeadProfiler, ProfileSettings, classify
+from headforcing.heads.profile import HeadProfiler, ProfileSettings
 from headforcing.io.decoders import LatentDecoder, PreviewDecoder
 from headforcing.io.text import HashedTextEncoder, TextEncoder
 from headforcing.model import Preset, WanModel, get_preset
@@ -249,7 +249,13 @@ class Pipeline:
             if chunk.prompt not in prompts_seen:
                 prompts_seen.append(chunk.prompt)
             if profiler is not None and cache.frames_done >= profiled_frames:
-                head_map = self._online_head_map(profiler, prompts_seen, seed)
+                calibration = {
+                    "online": True,
+                    "prompts": prompts_seen,
+                    "token_grid": list(self.token_grid),
+                    "seed": seed,
+                }
+                head_map = profiler.head_map(self.preset.name, calibration=calibration)
                 cache.observers.remove(profiler)
                 cache.regroup(policy.with_head_map(head_map))
                 profiler = None
@@ -265,24 +271,3 @@ class Pipeline:
                 cache.max_position,
                 chunk.prompt,
             )
-
-    def _online_head_map(self, profiler: HeadProfiler, prompts: list[str], seed: int) -> HeadMap:
-        labels, rule = classify(profiler.stats())
-        settings = profiler.settings
-        return HeadMap(
-            preset=self.preset.name,
-            labels=labels,
-            stats=profiler.stats(),
-            rule=rule,
-            calibration={
-                "online": True,
-                "prompts": list(prompts),
-                "chunks": list(settings.chunks),
-                "query_rows": settings.query_rows,
-                "sink_frames": settings.sink_frames,
-                "recent_frames": settings.recent_frames,
-                "passes": "denoising",
-                "token_grid": list(self.token_grid),
-                "seed": seed,
-            },
-        )

@@ -101,6 +101,24 @@ class HeadProfiler:
         self.mass[:, layer, heads] += per_head.T
         self.samples[layer, heads] += 1
 
+    def head_map(
+        self, preset: str, rule: str = "percentile", calibration=None, **params
+    ) -> HeadMap:
+        """Classify the statistics gathered so far into a :class:`HeadMap`; ``calibration``
+        adds to the record of the settings (prompts, seed, ...)."""
+        stats = self.stats()
+        labels, rule_record = classify(stats, rule, **params)
+        settings = self.settings
+        record = {
+            "chunks": list(settings.chunks),
+            "query_rows": settings.query_rows,
+            "sink_frames": settings.sink_frames,
+            "recent_frames": settings.recent_frames,
+            "passes": "all" if settings.include_commit else "denoising",
+            **(calibration or {}),
+        }
+        return HeadMap(preset, labels, stats, rule_record, record)
+
     def stats(self) -> dict[str, list[list[float]]]:
         """Mean mass per region, ``{region: [layer][head]}``."""
         if not self.samples.gt(0).all():
@@ -147,22 +165,14 @@ def profile_heads(
             pass
         if progress is not None:
             progress(index + 1, len(prompts))
-    stats = profiler.stats()
-    labels, rule_record = classify(stats, rule, **rule_params)
-    return HeadMap(
-        preset=pipeline.preset.name,
-        labels=labels,
-        stats=stats,
-        rule=rule_record,
+    return profiler.head_map(
+        pipeline.preset.name,
+        rule,
         calibration={
             "prompts": list(prompts),
             "frames": settings.frames,
-            "chunks": list(settings.chunks),
-            "query_rows": settings.query_rows,
-            "sink_frames": settings.sink_frames,
-            "recent_frames": settings.recent_frames,
-            "passes": "all" if settings.include_commit else "denoising",
             "token_grid": list(pipeline.token_grid),
             "seed": seed,
         },
+        **rule_params,
     )
