@@ -73,6 +73,7 @@ def test_prompt_round_trip_and_canonical_order():
     for _ in range(200):
         scene = random_scene(rng)
         assert Scene.from_prompt(scene.prompt()) == scene
+        assert Scene.from_prompt(scene.prompt(rng)) == scene  # any order of the sprite phrases
     assert SCENE.prompt() == (
         "a blue square and two red circles bounce over a green striped background"
     )

@@ -42,7 +42,7 @@ from headforcing.toyworld.world import MAX_SPEED, Scene, render_clip
 
 FOREGROUND_THRESHOLD = 60  # uint8 levels: sprites differ from every background by > 100
 MIN_SPRITE_AREA = 6  # pixels: smaller components are specks, not sprites
-TELEPORT_PIXELS = 3 * MAX_SPEED * math.sqrt(2)  # top speed is 1.5 px/frame per axis (+ rounding)
+TELEPORT_PIXELS = 3 * MAX_SPEED * math.sqrt(2)  # 3x the world's top speed (diagonal)
 TRIM_FACTOR = 1.5  # pixels dropped from background statistics, in units of the sprite area
 SEGMENT_FRAMES = 21
 _MAX_COLOUR_DISTANCE = 255 * math.sqrt(3)

@@ -1,10 +1,10 @@
 """The toy world: a static textured background and a few coloured sprites that move and bounce.
 
 Everything is known: the background is a fixed function of the prompt's background words, the
-sprites' colours and shapes come from the prompt, and their motion is simulated (constant velocity,
-elastic bounces off the walls and off each other, never overlapping), so any metric can be computed
-against the truth. Frames are small (32 x 32 by default) and rendered exactly in uint8, without
-anti-aliasing, so that a pixel is either background or sprite.
+sprites' colours and shapes come from the prompt, and their motion is simulated (one pixel per frame
+along each axis, elastic bounces off the walls and off each other, never overlapping), so any
+metric can be computed against the truth. Frames are small (32 x 32 by default) and rendered
+exactly in uint8, without anti-aliasing, so that a pixel is either background or sprite.
 
 A scene is described by a prompt such as ``"two red circles and a blue square bounce over a green
 striped background"``; :meth:`Scene.prompt` writes it and :meth:`Scene.from_prompt` reads it back.
@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 FRAME_SIZE = 32
-MAX_SPEED = 1.5  # pixels per frame, per axis
-MIN_SPEED = 0.4
+# pixels per frame, per axis: every sprite moves diagonally by whole pixels, so two frames of
+# context determine the next exactly (fractional speeds would make the rounding phase ambiguous
+# and a model trained on CPU draws the mean of the phases: a blur)
+MAX_SPEED = 1
 SPRITE_GAP = 2  # background pixels kept between any two sprites
 
 SPRITE_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -110,13 +112,19 @@ class Scene:
         ordered = tuple(sorted(self.sprites, key=lambda s: (s.colour, s.shape)))
         object.__setattr__(self, "sprites", ordered)
 
-    def prompt(self) -> str:
-        """E.g. ``"two red circles and a blue square bounce over a green striped background"``."""
+    def prompt(self, rng: np.random.Generator | None = None) -> str:
+        """E.g. ``"a blue square and two red circles bounce over a green striped background"``.
+
+        The sprite phrases come in canonical order, or shuffled by ``rng`` (the same scene in
+        other words: training teaches the model that the order does not matter).
+        """
         groups = Counter((s.colour, s.shape) for s in self.sprites)
         phrases = []
         for (colour, shape), count in sorted(groups.items()):
             noun = shape if count == 1 else shape + "s"
             phrases.append(f"{COUNT_WORDS[count]} {colour} {noun}")
+        if rng is not None:
+            phrases = [phrases[i] for i in rng.permutation(len(phrases))]
         subject = (
             phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
         )
@@ -169,7 +177,7 @@ _PROMPT = re.compile(
 @dataclass
 class Motion:
     """Sprite state: top-left corners ``positions [N, 2]`` (row, col) and ``velocities [N, 2]``
-    in pixels per frame, as floats; the rendered corner is the rounded position."""
+    in pixels per frame (whole numbers, stored as floats)."""
 
     positions: np.ndarray
     velocities: np.ndarray
@@ -182,21 +190,13 @@ START_SLOTS: dict[int, tuple[tuple[int, int], ...]] = {
     2: ((5, 5), (19, 19)),
     3: ((4, 4), (4, 20), (20, 12)),
 }
-# |velocity| per axis (row, col) by colour; a square swaps the two; the slot sets the signs
-START_SPEEDS: dict[str, tuple[float, float]] = {
-    "red": (1.2, 0.7),
-    "blue": (0.6, 1.3),
-    "yellow": (1.0, 1.0),
-    "white": (1.4, 0.5),
-    "cyan": (0.8, 1.1),
-    "magenta": (0.5, 1.4),
-}
+# direction (row, col) of the sprite in each slot of a canonical start
 START_SIGNS = ((1.0, 1.0), (1.0, -1.0), (-1.0, 1.0))
 
 
 def canonical_motion(scene: Scene) -> Motion:
     """The start a prompt implies: sprite ``k`` (in the scene's canonical order) at slot ``k``,
-    its velocity set by its colour, shape and slot.
+    moving in the slot's direction.
 
     Why a fixed start: the AR sampler (Self-Forcing's: predict x0, re-noise with fresh noise)
     turns a model that was not distilled into one that draws the conditional *mean*. A first
@@ -205,27 +205,22 @@ def canonical_motion(scene: Scene) -> Motion:
     """
     sizes = np.array([s.stamp.shape[0] for s in scene.sprites])
     slots = np.array(START_SLOTS[len(scene.sprites)], dtype=float) * scene.size / FRAME_SIZE
-    velocities = []
-    for slot, sprite in enumerate(scene.sprites):
-        speed = START_SPEEDS[sprite.colour]
-        if sprite.shape == "square":
-            speed = speed[::-1]
-        velocities.append(np.array(speed) * np.array(START_SIGNS[slot]))
-    return Motion(np.minimum(slots, (scene.size - sizes)[:, None]), np.stack(velocities), sizes)
+    velocities = MAX_SPEED * np.array(START_SIGNS[: len(sizes)])
+    positions = np.minimum(np.round(slots), (scene.size - sizes)[:, None])
+    return Motion(positions, velocities, sizes)
 
 
 def random_motion(scene: Scene, rng: np.random.Generator) -> Motion:
-    """Non-overlapping start positions and random velocities (|v| per axis in [0.4, 1.5])."""
+    """Non-overlapping whole-pixel start positions and random diagonal directions."""
     sizes = np.array([s.stamp.shape[0] for s in scene.sprites])
     for _ in range(1000):
-        positions = rng.uniform(0, scene.size - sizes[:, None], size=(len(sizes), 2))
-        if not _conflicts(np.round(positions), sizes):
+        positions = rng.integers(0, scene.size - sizes[:, None] + 1, size=(len(sizes), 2))
+        if not _conflicts(positions, sizes):
             break
     else:  # pragma: no cover - 3 small sprites always fit in a 32 x 32 frame
         raise RuntimeError("could not place the sprites without overlap")
-    speeds = rng.uniform(MIN_SPEED, MAX_SPEED, size=(len(sizes), 2))
     signs = rng.choice([-1.0, 1.0], size=(len(sizes), 2))
-    return Motion(positions, speeds * signs, sizes)
+    return Motion(positions.astype(float), MAX_SPEED * signs, sizes)
 
 
 def _conflicts(corners: np.ndarray, sizes: np.ndarray) -> list[tuple[int, int]]:
@@ -347,7 +342,8 @@ def _carry_motion(previous: Motion | None, scene: Scene, rng: np.random.Generato
     for _ in range(1000):  # re-draw added sprites until nothing overlaps
         if not _conflicts(np.round(positions), sizes):
             break
-        positions[keep:] = rng.uniform(0, scene.size - sizes[keep:, None], (len(sizes) - keep, 2))
+        added = (len(sizes) - keep, 2)
+        positions[keep:] = rng.integers(0, scene.size - sizes[keep:, None] + 1, added)
         if keep == len(sizes):  # a changed shape made kept sprites collide: start afresh
             positions = fresh.positions
     return Motion(positions, velocities, sizes)
