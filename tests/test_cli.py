@@ -1,18 +1,39 @@
-"""The command line end to end: the README's main command writes a playable MP4."""
+"""The command line end to end: ``generate`` writes a playable MP4, by default with the shipped
+toy-world model."""
 
 import pytest
+import torch
 
 from headforcing.cli import main
 from headforcing.io.video import read_video
 from headforcing.pipeline import Pipeline, latent_frames_for_seconds
 
+TOY_PROMPT = "a red circle bounces over a green striped background"
+
 
 def test_generate_writes_playable_mp4(tmp_path):
     out = tmp_path / "video.mp4"
-    assert main(["generate", "a red ball bounces on a checkered floor", "--out", str(out)]) == 0
+    argv = ["generate", "a red ball bounces on a checkered floor", "--preset", "tiny"]
+    assert main([*argv, "--out", str(out)]) == 0
     frames = read_video(out)
     assert frames.shape == (81, 128, 128, 3)  # 21 latent frames -> 81 frames, 5 s at 16 fps
     assert frames.float().std() > 1  # not a blank video
+
+
+def test_generate_without_a_model_runs_the_shipped_toy_model(tmp_path, capsys):
+    from headforcing.cache import make_policy
+    from headforcing.toyworld.evaluate import sample_video
+    from headforcing.toyworld.pretrained import load_toy_pipeline
+
+    out = tmp_path / "toy.mp4"
+    assert main(["generate", TOY_PROMPT, "--frames", "9", "--out", str(out)]) == 0
+    assert "toy on cpu" in capsys.readouterr().err
+    frames = read_video(out).float()
+    assert frames.shape == (9, 32, 32, 3)  # toy latents decode 1:1 to 32 x 32 frames
+    # the same video as the library's: the shipped weights, the CLI's default policy
+    policy = make_policy("window", positions="relative")
+    expected = torch.from_numpy(sample_video(load_toy_pipeline(), TOY_PROMPT, 9, policy, seed=0))
+    assert (frames - expected.float()).abs().mean() < 6  # H.264 loses a little
 
 
 @pytest.mark.parametrize(
@@ -20,8 +41,9 @@ def test_generate_writes_playable_mp4(tmp_path):
     [
         (["--preset", "wan2.2"], "unknown preset 'wan2.2'; valid presets"),
         (["--policy", "rolling"], "unknown policy 'rolling'"),
-        (["--height", "100"], "height 100 is not a positive multiple of 16"),
-        (["--width", "8"], "width 8 is not a positive multiple of 16"),
+        (["--preset", "tiny", "--height", "100"], "height 100 is not a positive multiple of 16"),
+        (["--preset", "tiny", "--width", "8"], "width 8 is not a positive multiple of 16"),
+        (["--height", "64"], "the toy model makes 32x32 frames"),
         (["--frames", "0"], "--frames must be >= 1"),
         (["--window-frames", "2"], "smaller than one chunk"),
         (["--window-frames", "6", "--sink-frames", "9"], "larger than the window"),
@@ -32,11 +54,18 @@ def test_generate_writes_playable_mp4(tmp_path):
     ],
 )
 def test_bad_input_gets_one_clear_error(tmp_path, capsys, argv, message):
-    code = main(["generate", "a prompt", "--out", str(tmp_path / "v.mp4"), *argv])
+    code = main(["generate", TOY_PROMPT, "--out", str(tmp_path / "v.mp4"), *argv])
     assert code == 2
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_prompt_the_toy_model_cannot_read_names_the_alternatives(tmp_path, capsys):
+    assert main(["generate", "a red ball", "--out", str(tmp_path / "v.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot parse toy-world prompt 'a red ball'" in err
+    assert "--model" in err and "--preset tiny" in err and "Traceback" not in err
 
 
 def test_seconds_to_latent_frames():

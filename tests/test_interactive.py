@@ -176,6 +176,32 @@ def test_prompt_posted_mid_stream_applies_at_the_next_chunk(tmp_path):
     assert read_video(out).shape[0] == state["frames_written"] == pixel_frames(18)
 
 
+def test_the_toy_model_refuses_prompts_it_cannot_read(tmp_path):
+    from headforcing.cli import check_toy_prompts
+    from headforcing.toyworld.pretrained import load_toy_pipeline
+
+    pipeline = load_toy_pipeline()
+    prompt = "a red circle bounces over a green striped background"
+
+    def check(text):
+        check_toy_prompts(pipeline, text)
+
+    policy, out = make_policy("window"), tmp_path / "live.mp4"
+    with pytest.raises(ValueError, match="cannot parse toy-world prompt 'a cat'"):
+        LiveSession(pipeline, policy, "a cat", 6, out, check_prompt=check)
+    session = LiveSession(pipeline, policy, prompt, 6, out, check_prompt=check)
+    server = serve(session, port=0)
+    try:
+        status, reply = post_prompt(server.url, json.dumps({"prompt": "a blue cube"}).encode())
+        assert status == 400 and "--preset tiny" in reply["error"]
+        other = "two cyan squares bounce over a brown dotted background"
+        status, reply = post_prompt(server.url, json.dumps({"prompt": other}).encode())
+        assert status == 202 and reply["queued"] == other
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 # --------------------------------------------------------- the page in a real headless browser
 
 

@@ -144,7 +144,8 @@ def test_cli_errors(tmp_path, capsys, argv, message):
             main(["generate", *argv])
         assert "invalid choice: 'flush'" in capsys.readouterr().err
         return
-    assert main(["generate", *argv, "--out", str(tmp_path / "v.mp4")]) == 2
+    # the tiny preset's clock: 16 fps, 4 frames per latent frame (3 s -> latent frame 12)
+    assert main(["generate", *argv, "--preset", "tiny", "--out", str(tmp_path / "v.mp4")]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
 
@@ -155,7 +156,8 @@ def test_generate_with_a_schedule_writes_the_whole_video(tmp_path, capsys):
     )
     out = tmp_path / "v.mp4"
     argv = ["generate", "--prompts", str(path), "--frames", "12", "--out", str(out)]
-    assert main([*argv, "--height", "64", "--width", "64", "--switch", "recache"]) == 0
+    small = ["--preset", "tiny", "--height", "64", "--width", "64"]
+    assert main([*argv, *small, "--switch", "recache"]) == 0
     err = capsys.readouterr().err
     assert "next chunk boundary, latent frame 6" in err
     assert "latent frame 6: 'a cube'" in err

@@ -77,8 +77,9 @@ def policy_from_args(args: argparse.Namespace):
 
 
 def attach_head_map(policy, args: argparse.Namespace, pipeline):
-    """A head_forcing policy gets --head-map, else the map stored for these weights, else none
-    (then the run profiles online and stores the map)."""
+    """A head_forcing policy gets --head-map, else the map stored for these weights, else the
+    one that came with them (the toy model's), else none (then the run profiles online and
+    stores the map)."""
     from headforcing.cache.policies import HeadForcingPolicy
     from headforcing.heads.headmap import HeadMap
     from headforcing.heads.store import load_stored_map, stored_map_path
@@ -93,6 +94,8 @@ def attach_head_map(policy, args: argparse.Namespace, pipeline):
     else:
         head_map = load_stored_map(pipeline.preset.name, pipeline.weights_id)
         source = str(stored_map_path(pipeline.preset.name, pipeline.weights_id))
+        if head_map is None and pipeline.head_map is not None:
+            head_map, source = pipeline.head_map, "shipped with the weights"
         if head_map is None:
             return policy, "profiled online during chunks 3-6"
     head_map.check(pipeline.preset.name, config.num_layers, config.num_heads)
@@ -103,7 +106,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
         "--preset",
-        help=f"one of {', '.join(sorted(PRESETS))} (default: tiny; wan2.1-t2v-1.3b with --model)",
+        help=f"one of {', '.join(sorted(PRESETS))} (default: toy, the trained toy-world model; "
+        "wan2.1-t2v-1.3b with --model)",
     )
     group.add_argument(
         "--random-weights",
@@ -141,7 +145,7 @@ def build_pipeline(args: argparse.Namespace):
     from headforcing.pipeline import Pipeline
 
     model_kind = getattr(args, "model", None)
-    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if model_kind else "tiny"))
+    preset = get_preset(args.preset or default_preset(args))
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if model_kind:
@@ -171,6 +175,8 @@ def build_pipeline(args: argparse.Namespace):
         if files.lora is not None:
             weights_id += "-" + fingerprint(files.lora)
         return Pipeline(preset, *parts, height=args.height, width=args.width, weights_id=weights_id)
+    if preset.name == "toy" and not args.random_weights:
+        return toy_pipeline(args, device, dtype)
     standins = not (preset.has_text_encoder or preset.has_vae)
     if not (standins or args.random_weights):
         raise ValueError(
@@ -180,6 +186,45 @@ def build_pipeline(args: argparse.Namespace):
     return Pipeline.with_standins(
         preset.name, device=device, dtype=dtype, height=args.height, width=args.width
     )
+
+
+def default_preset(args: argparse.Namespace) -> str:
+    """The preset without --preset: Wan's shape with --model, else the toy-world model."""
+    return "wan2.1-t2v-1.3b" if getattr(args, "model", None) else "toy"
+
+
+def toy_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """The trained toy-world model that ships with the package (32 x 32 frames)."""
+    from headforcing.toyworld.pretrained import load_toy_pipeline
+
+    size = get_preset("toy").video.height
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and value != size:
+            raise ValueError(
+                f"--{name} {value}: the toy model makes {size}x{size} frames; drop --{name}, "
+                "or use --preset tiny (random weights, any size)"
+            )
+    pipeline = load_toy_pipeline(device)
+    pipeline.model.set_dtype(dtype)
+    return pipeline
+
+
+def check_toy_prompts(pipeline, prompts) -> None:
+    """The toy model only knows toy-world prompts: refuse others before generating."""
+    if pipeline.preset.name != "toy" or not pipeline.weights_id.startswith("toy-"):
+        return
+    from headforcing.toyworld.world import Scene
+
+    texts = [prompts] if isinstance(prompts, str) else [s.prompt for s in prompts.segments]
+    for text in texts:
+        try:
+            Scene.from_prompt(text)
+        except ValueError as error:
+            raise ValueError(
+                f"{error}. The default model is the toy-world model; give --model and its files "
+                "for a real one, or --preset tiny to run any prompt with random weights"
+            ) from None
 
 
 def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,7 +272,7 @@ def prompts_from_args(args: argparse.Namespace):
             raise ValueError(
                 f"--switch-frames {args.switch_frames!r}: give latent frames like 40,80"
             ) from None
-    preset = get_preset(args.preset or ("wan2.1-t2v-1.3b" if args.model else "tiny"))
+    preset = get_preset(args.preset or default_preset(args))
     video = preset.video
     clock = FrameClock(video.fps, video.vae_stride[0], video.chunk_frames)
     schedule = load_schedule(args.prompts, clock, switch_frames)
@@ -251,6 +296,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
     policy = policy_from_args(args)
     pipeline = build_pipeline(args)
+    check_toy_prompts(pipeline, prompts)
     policy, head_map_source = attach_head_map(policy, args, pipeline)
     video = pipeline.preset.video
     if args.frames is not None:
@@ -342,6 +388,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
         switch=args.switch,
         pace=not args.no_pace,
         on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
+        check_prompt=lambda prompt: check_toy_prompts(pipeline, prompt),
     )
     server = serve(session, args.port)
     print(f"open {server.url} (video: {args.out}; Ctrl-C stops)", flush=True)

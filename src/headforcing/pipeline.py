@@ -87,6 +87,9 @@ class Pipeline:
         The few-step sampler schedule (default: the preset's).
     weights_id:
         Names the weights (a checkpoint fingerprint): head maps are stored under it.
+    head_map:
+        A head map that comes with the weights (the toy model ships one): ``head_forcing`` runs
+        use it when no map is given or stored, instead of profiling online.
     """
 
     def __init__(
@@ -100,9 +103,11 @@ class Pipeline:
         width: int | None = None,
         schedule: FlowSchedule | None = None,
         weights_id: str = "unnamed",
+        head_map: HeadMap | None = None,
     ) -> None:
         self.preset = preset
         self.weights_id = weights_id
+        self.head_map = head_map
         self.model = model
         self.text_encoder = text_encoder
         self.decoder = decoder

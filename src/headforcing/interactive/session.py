@@ -86,6 +86,11 @@ class LiveSession:
         Stay at most one chunk ahead of real-time playback (see the module docstring).
     keep_frames:
         Newest pixel frames held for the page.
+    on_head_map:
+        Called with a head map profiled online during the run.
+    check_prompt:
+        Raises ``ValueError`` for a prompt the model cannot use (the first one and every one the
+        page sends; the page shows the message).
     """
 
     def __init__(
@@ -101,8 +106,12 @@ class LiveSession:
         pace: bool = True,
         keep_frames: int = 64,
         on_head_map: Callable[[HeadMap], None] | None = None,
+        check_prompt: Callable[[str], None] | None = None,
     ) -> None:
         self.pipeline, self.policy = pipeline, policy
+        self.check_prompt = check_prompt  # raises ValueError for a prompt the model cannot use
+        if check_prompt is not None:
+            check_prompt(prompt)
         self.prompt = LivePrompt(prompt)
         self.num_frames, self.out, self.seed, self.switch = num_frames, Path(out), seed, switch
         self.pace = pace
@@ -141,6 +150,8 @@ class LiveSession:
 
     def submit(self, prompt: str) -> str:
         """A new prompt from the page; it drives the next chunk that starts."""
+        if self.check_prompt is not None:
+            self.check_prompt(prompt)
         prompt = self.prompt.set(prompt)
         with self._lock:
             self.queued_prompt = prompt if prompt != self.current_prompt else None

@@ -15,11 +15,9 @@ from headforcing.pipeline import Pipeline
 from headforcing.toyworld.evaluate import EVAL_PROMPTS, sample_video
 from headforcing.toyworld.longrun import METRICS, baseline_policies
 from headforcing.toyworld.metrics import SEGMENT_FRAMES, video_metrics
-from headforcing.toyworld.pretrained import WEIGHTS_DIR
 from headforcing.toyworld.world import Scene, render_clip
 
 DEMO_PROMPT = "a blue square and a yellow circle bounce over a gray checkered background"
-SHIPPED_HEAD_MAP = WEIGHTS_DIR / "head_map.json"
 SCALE = 4  # 32 px frames shown at 128 px
 
 
@@ -33,8 +31,8 @@ class DemoReport:
 
 def toy_head_map(pipeline: Pipeline) -> HeadMap:
     """The head map shipped with the toy weights, else one profiled now on the eval prompts."""
-    if SHIPPED_HEAD_MAP.is_file():
-        return HeadMap.load(SHIPPED_HEAD_MAP)
+    if pipeline.head_map is not None:
+        return pipeline.head_map
     from headforcing.heads.profile import profile_heads
 
     return profile_heads(pipeline, list(EVAL_PROMPTS))
