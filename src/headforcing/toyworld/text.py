@@ -6,6 +6,10 @@ bidirectional layer mixes each word with its neighbours (umT5 plays this role fo
 words map to a dedicated UNK row that training never updates (no training prompt contains an
 unknown word), so it stays the fixed vector it was initialised to. Positions past the prompt are
 zero, as io.text.TextEncoder requires.
+
+A toy-world prompt is read in its canonical form (:meth:`Scene.prompt`: the sprite phrases sorted
+by colour, then shape), so the order a user names the sprites in does not matter. The canonical
+start puts sprite ``k`` of that order in slot ``k``; the model reads it off the ``k``-th phrase.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import re
 
 import torch
 from torch import nn
+
+from headforcing.toyworld.world import Scene
 
 _WORD = re.compile(r"[\w']+|[^\w\s]")
 
@@ -56,7 +62,7 @@ class ToyTextEncoder(nn.Module):
         ids = torch.zeros(len(prompts), self.text_len, dtype=torch.long)
         valid = torch.zeros(len(prompts), self.text_len, dtype=torch.bool)
         for row, prompt in enumerate(prompts):
-            words = _WORD.findall(prompt.lower())[: self.text_len]
+            words = _WORD.findall(canonical_prompt(prompt).lower())[: self.text_len]
             if not words:
                 raise ValueError(f"prompt {prompt!r} has no words")
             ids[row, : len(words)] = torch.tensor([self.index.get(w, self.unk) for w in words])
@@ -76,3 +82,11 @@ class ToyTextEncoder(nn.Module):
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Prompts -> ``[B, text_len, text_dim]`` float32."""
         return self(*self.tokenize(prompts))
+
+
+def canonical_prompt(prompt: str) -> str:
+    """A toy-world prompt rewritten in canonical order; any other text unchanged."""
+    try:
+        return Scene.from_prompt(prompt).prompt()
+    except ValueError:
+        return prompt

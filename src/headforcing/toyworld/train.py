@@ -8,10 +8,9 @@ the model at once under the block-causal mask (each chunk sees itself and earlie
 the flow-matching loss (target ``v = noise - x0``) is taken on the noisy chunks only: a clean
 chunk's target would be unobservable noise. Sprite pixels weigh ``1 + fg_weight`` in the loss.
 
-Prompts name their sprites in a random order (the scene is the same). Half the clips start where
-the prompt says (``world.canonical_motion``): the sampler (predict x0, re-noise with fresh noise)
-makes a model that was not distilled draw the conditional mean, so the start the model generates
-from nothing must be determined by the prompt. The other half
+Half the clips start where the prompt says (``world.canonical_motion``): the sampler (predict
+x0, re-noise with fresh noise) makes a model that was not distilled draw the conditional mean,
+so the start the model generates from nothing must be determined by the prompt. The other half
 start anywhere and teach the dynamics from any state; their first chunk is always clean context,
 so the model never learns to generate an undetermined start.
 
@@ -139,7 +138,7 @@ def sample_batch(batch: int, config: TrainConfig, step: int) -> Batch:
         is_random = bool(rng.random() < config.random_start_prob)
         seed = int(rng.integers(2**31)) if is_random else None
         clip = render_clip(scene, config.clip_frames, seed)
-        prompts.append(scene.prompt(rng))
+        prompts.append(scene.prompt())
         clips.append(clip)
         masks.append(_dilate((clip != scene.background_image()).any(-1)))
         random_start.append(is_random)

@@ -112,19 +112,14 @@ class Scene:
         ordered = tuple(sorted(self.sprites, key=lambda s: (s.colour, s.shape)))
         object.__setattr__(self, "sprites", ordered)
 
-    def prompt(self, rng: np.random.Generator | None = None) -> str:
-        """E.g. ``"a blue square and two red circles bounce over a green striped background"``.
-
-        The sprite phrases come in canonical order, or shuffled by ``rng`` (the same scene in
-        other words: training teaches the model that the order does not matter).
-        """
+    def prompt(self) -> str:
+        """E.g. ``"a blue square and two red circles bounce over a green striped background"``
+        (the sprite phrases in canonical order)."""
         groups = Counter((s.colour, s.shape) for s in self.sprites)
         phrases = []
         for (colour, shape), count in sorted(groups.items()):
             noun = shape if count == 1 else shape + "s"
             phrases.append(f"{COUNT_WORDS[count]} {colour} {noun}")
-        if rng is not None:
-            phrases = [phrases[i] for i in rng.permutation(len(phrases))]
         subject = (
             phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
         )
