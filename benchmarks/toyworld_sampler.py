@@ -3,6 +3,9 @@
 Usage::
 
     python benchmarks/toyworld_sampler.py [--weights DIR] [--steps 4 8 12 16] [--shifts 1 3 5]
+        [--tail 40 20]
+
+``--tail`` appends low-noise steps (1000-step scale, before the shift) after the even ones.
 
 Prints one markdown table per setting (21 frames, ``full`` cache, the evaluation prompts, two
 seeds) and a summary line with the number of failed metrics.
@@ -38,6 +41,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 12, 16])
     parser.add_argument("--shifts", type=float, nargs="+", default=[1.0, 3.0, 5.0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--tail", type=int, nargs="*", default=[], help="extra final steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -45,12 +49,13 @@ def main() -> None:
     real = real_metrics(EVAL_PROMPTS)[0]
     for count in args.steps:
         for shift in args.shifts:
-            pipeline.schedule = FlowSchedule(even_steps(count), shift)
+            pipeline.schedule = FlowSchedule((*even_steps(count), *args.tail), shift)
             start = time.perf_counter()
             rows = compare_to_real(model_metrics(pipeline, EVAL_PROMPTS, args.seeds)[0], real)
             seconds = time.perf_counter() - start
             failed = [row.name for row in rows if not row.passed]
-            print(f"\n## steps {count}, shift {shift}: {seconds:.1f} s, failed: {failed or 'none'}")
+            name = f"{count}" + (f" + {args.tail}" if args.tail else "")
+            print(f"\n## steps {name}, shift {shift}: {seconds:.1f} s, failed: {failed or 'none'}")
             print(format_table(rows))
 
 

@@ -542,7 +542,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         prompt=args.prompt,
         seed=args.seed,
-        progress=lambda message: print(message, file=sys.stderr),
     )
     print(report.report.read_text())
     print(

@@ -3,7 +3,7 @@ baseline, with a report (metrics table, metrics over time, the head map)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +89,12 @@ def run_demo(
     baseline: str = "window-21 (absolute)",
     prompt: str | None = None,
     seed: int = 0,
-    progress: Callable[[str], None] = print,
 ) -> DemoReport:
+    """Generate ``frames`` frames of ``prompt`` with ``baseline`` and with Head Forcing (a
+    progress bar each, on stderr), put them beside the real clip, and write the video, the
+    report, the plot of the metrics over time and the head map picture into ``out_dir``."""
+    from tqdm import tqdm
+
     from headforcing.heads.plot import plot_head_map
     from headforcing.io.video import VideoWriter
     from headforcing.toyworld.pretrained import load_toy_pipeline
@@ -106,10 +110,13 @@ def run_demo(
     prompt = prompt or DEMO_PROMPT
     scene = Scene.from_prompt(prompt)
 
-    videos = {"real clip": render_clip(scene, frames, seed)}
+    # the truth the model was trained on: the prompt's canonical start (the seed is the noise's)
+    videos = {"real clip": render_clip(scene, frames)}
     for name in (baseline, "head_forcing"):
-        progress(f"generating {frames} frames with {name}")
-        videos[name] = sample_video(pipeline, prompt, frames, policies[name], seed)
+        with tqdm(total=frames, unit="frame", desc=name, file=sys.stderr) as bar:
+            videos[name] = sample_video(
+                pipeline, prompt, frames, policies[name], seed, on_chunk=bar.update
+            )
     per_policy = {name: video_metrics(video, scene) for name, video in videos.items()}
 
     video_path = out_dir / "demo.mp4"

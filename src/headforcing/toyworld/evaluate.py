@@ -9,7 +9,7 @@ clips score zero.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -43,11 +43,17 @@ def sample_video(
     num_frames: int,
     policy: CachePolicy | None = None,
     seed: int = 0,
+    on_chunk: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """Frames ``[F, H, W, 3]`` uint8 of one generated video (``full`` cache by default)."""
+    """Frames ``[F, H, W, 3]`` uint8 of one generated video (``full`` cache by default);
+    ``on_chunk(frames)`` is called after every chunk with its frame count."""
     policy = policy if policy is not None else make_policy("full")
-    chunks = [chunk.frames[0] for chunk in pipeline.stream(prompt, num_frames, policy, seed)]
-    return np.concatenate([chunk.numpy() for chunk in chunks])
+    chunks = []
+    for chunk in pipeline.stream(prompt, num_frames, policy, seed):
+        chunks.append(chunk.frames[0].numpy())
+        if on_chunk is not None:
+            on_chunk(len(chunks[-1]))
+    return np.concatenate(chunks)
 
 
 def mean_metrics(segments: Sequence[SegmentMetrics]) -> SegmentMetrics:

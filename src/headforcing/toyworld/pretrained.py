@@ -4,12 +4,11 @@
 (the transformer, original Wan names), ``text_encoder.safetensors``, ``config.json`` (preset,
 text-encoder vocabulary, training settings, seed, final loss) and ``training_log.jsonl``; the
 shipped folder also holds ``head_map.json``, the model's heads profiled on the evaluation prompts
-(``python -m headforcing.toyworld.pretrained``).
+(``python -m headforcing.toyworld.profile``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -95,32 +94,3 @@ def load_toy_pipeline(
         weights_id="toy-" + fingerprint(folder / "model.safetensors"),
         head_map=HeadMap.load(head_map_path) if head_map_path.is_file() else None,
     )
-
-
-def write_head_map(weights_dir: str | Path | None = None) -> Path:
-    """Profile the model of ``weights_dir`` (shipped by default) on the evaluation prompts and
-    write its ``head_map.json`` there (and the picture, ``head_map.png``)."""
-    from headforcing.heads.plot import plot_head_map
-    from headforcing.heads.profile import profile_heads
-    from headforcing.toyworld.evaluate import EVAL_PROMPTS
-
-    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    head_map = profile_heads(load_toy_pipeline(weights_dir=folder), list(EVAL_PROMPTS))
-    path = head_map.save(folder / HEAD_MAP_FILE)
-    plot_head_map(head_map, path.with_suffix(".png"))
-    return path
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Profile the toy model's heads into its folder.")
-    parser.add_argument("--weights", type=Path, default=None, help="default: the shipped weights")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    path = write_head_map(args.weights)
-    print(f"wrote {path}")
-    for layer, labels in enumerate(HeadMap.load(path).labels):
-        print(f"  layer {layer}: {' '.join(labels)}")
-
-
-if __name__ == "__main__":
-    main()
