@@ -26,6 +26,19 @@ EVAL_PROMPTS = (
     "two white circles and a magenta square bounce over a purple dotted background",
     "a cyan square and a red square bounce over a brown striped background",
 )
+# the shipped-weights check also samples 8 random scenes (``random_scene``, rng seed 12345):
+# four prompts are too few to tell a model that works from one that got lucky on them
+ACCEPTANCE_PROMPTS = (
+    *EVAL_PROMPTS,
+    "a blue circle, a blue square and a cyan square bounce over a brown dotted background",
+    "a magenta circle and a white square bounce over a green striped background",
+    "a cyan square bounces over a purple dotted background",
+    "a magenta square bounces over a brown dotted background",
+    "a red circle bounces over a gray striped background",
+    "a blue circle, a red square and a yellow square bounce over a purple striped background",
+    "a red circle, a red square and a yellow circle bounce over a gray checkered background",
+    "a white square bounces over a gray striped background",
+)
 RATIO_LIMIT = 1.5
 # where real clips score exactly 0: the error a sample may have (metric units, see metrics.py)
 ABSOLUTE_TOLERANCE: dict[str, float] = {

@@ -3,8 +3,9 @@
 ``weights/`` holds what ``python -m headforcing.toyworld.train`` writes: ``model.safetensors``
 (the transformer, original Wan names), ``text_encoder.safetensors``, ``config.json`` (preset,
 text-encoder vocabulary, training settings, seed, final loss) and ``training_log.jsonl``; the
-shipped folder also holds ``head_map.json``, the model's heads profiled on the evaluation prompts
-(``python -m headforcing.toyworld.profile``).
+shipped folder also holds ``training_log.stage1.jsonl`` (the log of the run the shipped one
+continued, see ``train.py``) and ``head_map.json``, the model's heads profiled on the evaluation
+prompts (``python -m headforcing.toyworld.profile``).
 """
 
 from __future__ import annotations

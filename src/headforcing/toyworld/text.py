@@ -7,9 +7,11 @@ words map to a dedicated UNK row that training never updates (no training prompt
 unknown word), so it stays the fixed vector it was initialised to. Positions past the prompt are
 zero, as io.text.TextEncoder requires.
 
-A toy-world prompt is read in its canonical form (:meth:`Scene.prompt`: the sprite phrases sorted
-by colour, then shape), so the order a user names the sprites in does not matter. The canonical
-start puts sprite ``k`` of that order in slot ``k``; the model reads it off the ``k``-th phrase.
+A toy-world prompt is read one sprite per phrase, in canonical order (:func:`slot_prompt`):
+"two white circles and a magenta square ..." reads as "a magenta square and a white circle and a
+white circle ...". So the order a user names the sprites in does not matter, and the phrase of
+sprite ``k`` always sits at words ``4k .. 4k + 2``: the canonical start puts sprite ``k`` in slot
+``k``, and the model reads slot ``k`` off a fixed place in the prompt instead of counting.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class ToyTextEncoder(nn.Module):
         ids = torch.zeros(len(prompts), self.text_len, dtype=torch.long)
         valid = torch.zeros(len(prompts), self.text_len, dtype=torch.bool)
         for row, prompt in enumerate(prompts):
-            words = _WORD.findall(canonical_prompt(prompt).lower())[: self.text_len]
+            words = _WORD.findall(slot_prompt(prompt).lower())[: self.text_len]
             if not words:
                 raise ValueError(f"prompt {prompt!r} has no words")
             ids[row, : len(words)] = torch.tensor([self.index.get(w, self.unk) for w in words])
@@ -84,9 +86,13 @@ class ToyTextEncoder(nn.Module):
         return self(*self.tokenize(prompts))
 
 
-def canonical_prompt(prompt: str) -> str:
-    """A toy-world prompt rewritten in canonical order; any other text unchanged."""
+def slot_prompt(prompt: str) -> str:
+    """A toy-world prompt rewritten with one phrase per sprite, in canonical order (it parses back
+    to the same scene); any other text unchanged."""
     try:
-        return Scene.from_prompt(prompt).prompt()
+        scene = Scene.from_prompt(prompt)
     except ValueError:
         return prompt
+    phrases = " and ".join(f"a {sprite.colour} {sprite.shape}" for sprite in scene.sprites)
+    verb = "bounces" if len(scene.sprites) == 1 else "bounce"
+    return f"{phrases} {verb} over a {scene.background} {scene.pattern} background"

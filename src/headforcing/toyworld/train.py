@@ -8,20 +8,30 @@ the model at once under the block-causal mask (each chunk sees itself and earlie
 the flow-matching loss (target ``v = noise - x0``) is taken on the noisy chunks only: a clean
 chunk's target would be unobservable noise. Sprite pixels weigh ``1 + fg_weight`` in the loss.
 
-Half the clips start where the prompt says (``world.canonical_motion``): the sampler (predict
-x0, re-noise with fresh noise) makes a model that was not distilled draw the conditional mean,
-so the start the model generates from nothing must be determined by the prompt. The other half
-start anywhere and teach the dynamics from any state; their first chunk is always clean context,
-so the model never learns to generate an undetermined start.
+Half the clips (70 % in the second stage, below) start where the prompt says
+(``world.canonical_motion``): the sampler (predict x0, re-noise with fresh noise) makes a model
+that was not distilled draw the conditional mean, so the start the model generates from nothing
+must be determined by the prompt. The others start anywhere and teach the dynamics from any
+state; their first chunk is always clean context, so the model never learns to generate an
+undetermined start.
 
-Run::
+At inference the context is the model's own output, never the truth, and its errors compound
+(exposure bias). A second stage trains that away cheaply (``--self-context``): clean context
+chunks are replaced by the model's own one-step reconstruction of them (noised, then denoised by
+the current weights without gradient), so the model learns to continue from imperfect frames whose
+sprites are still where the target chunk expects them.
 
-    python -m headforcing.toyworld.train --out DIR
+The shipped weights are two runs (2 CPU threads)::
 
-(the defaults are the shipped run's: 2000 steps of 8 clips, seed 0, 2 CPU threads). It writes
+    python -m headforcing.toyworld.train --out stage1
+    python -m headforcing.toyworld.train --out DIR --init stage1 --seed 1 --steps 900 \
+        --lr 3e-4 --warmup 50 --self-context SHARE --random-start 0.3
+
+(the defaults are the first stage's: 2000 steps of 8 clips, seed 0). Each run writes
 ``model.safetensors`` (the transformer, EMA weights), ``text_encoder.safetensors``,
-``config.json`` (preset, text encoder, training settings, seed, final loss, wall time) and
-``training_log.jsonl`` (mean loss every ``log_every`` steps, with the wall time).
+``config.json`` (preset, text encoder, training settings, seed, final loss, wall time, and the
+settings of the run it continued) and ``training_log.jsonl`` (mean loss every ``log_every``
+steps, with the wall time).
 """
 
 from __future__ import annotations
@@ -40,7 +50,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from headforcing.model import DenseAttention, WanModel, block_causal_mask, get_preset
+from headforcing.model import (
+    DenseAttention,
+    TextContext,
+    WanModel,
+    block_causal_mask,
+    get_preset,
+)
 from headforcing.toyworld.codec import SPATIAL_STRIDE, encode_frames
 from headforcing.toyworld.text import ToyTextEncoder
 from headforcing.toyworld.world import random_scene, render_clip, vocabulary
@@ -71,6 +87,14 @@ class TrainConfig:
         yet all of the motion).
     time_shift:
         Noise levels of the noisy chunks: ``u ~ U(0, 1)`` shifted by ``s u / (1 + (s - 1) u)``.
+    self_context_prob:
+        Chance that a clean context chunk is replaced by the model's own reconstruction of it:
+        the chunk noised to a level drawn from ``self_context_sigma`` and denoised in one step
+        by the current weights (no gradient). At inference the context is the model's own output,
+        never the truth; this shows the model imperfect context whose sprites are still where
+        the target chunk expects them (0 disables it).
+    self_context_sigma:
+        Range of those noise levels.
     ema_decay:
         Decay of the weight average that is saved.
     seed:
@@ -91,6 +115,8 @@ class TrainConfig:
     random_start_prob: float = 0.5
     fg_weight: float = 4.0
     time_shift: float = 2.0
+    self_context_prob: float = 0.0
+    self_context_sigma: tuple[float, float] = (0.3, 0.7)
     ema_decay: float = 0.995
     seed: int = 0
     log_every: int = 50
@@ -102,6 +128,15 @@ class TrainConfig:
             raise ValueError(f"clean_prob must lie in [0, 1), got {self.clean_prob}")
         if self.clip_frames < 1:
             raise ValueError(f"clip_frames must be >= 1, got {self.clip_frames}")
+        if not 0 <= self.random_start_prob <= 1:
+            raise ValueError(f"random_start_prob must lie in [0, 1], got {self.random_start_prob}")
+        if not 0 <= self.self_context_prob <= 1:
+            raise ValueError(f"self_context_prob must lie in [0, 1], got {self.self_context_prob}")
+        low, high = self.self_context_sigma
+        if not 0 < low <= high <= 1:
+            raise ValueError(
+                f"self_context_sigma must satisfy 0 < low <= high <= 1, got {low, high}"
+            )
 
 
 def text_encoder_for(preset_name: str = PRESET, seed: int = 0) -> ToyTextEncoder:
@@ -178,6 +213,19 @@ def chunk_sigmas(
     return torch.where(clean, torch.zeros_like(sigmas), sigmas)
 
 
+def self_context_levels(
+    sigmas: torch.Tensor, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Noise level ``[B, chunks]`` at which each clean chunk is re-noised and reconstructed by
+    the model (0: the chunk stays the truth). Noisy chunks are never replaced."""
+    low, high = config.self_context_sigma
+    levels = low + (high - low) * torch.rand(sigmas.shape, generator=generator)
+    chosen = (torch.rand(sigmas.shape, generator=generator) < config.self_context_prob) & (
+        sigmas == 0
+    )
+    return torch.where(chosen, levels, torch.zeros_like(levels))
+
+
 class DiffusionForcing(nn.Module):
     """The transformer and the text encoder with the diffusion-forcing loss of one batch."""
 
@@ -193,19 +241,56 @@ class DiffusionForcing(nn.Module):
         self.mask = block_causal_mask(clip_frames, chunk_frames)
         self.positions = torch.arange(clip_frames)
 
-    def loss(self, batch: Batch, sigmas: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """noise: ``[B, C, F, h, w]``; sigmas: ``[B, chunks]`` -> weighted MSE on v (scalar)."""
+    def loss(
+        self,
+        batch: Batch,
+        sigmas: torch.Tensor,
+        noise: torch.Tensor,
+        context_levels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """noise: ``[B, C, F, h, w]``; sigmas: ``[B, chunks]`` -> weighted MSE on v (scalar).
+
+        ``context_levels [B, chunks]`` (:func:`self_context_levels`): clean chunks with a level
+        above 0 are replaced by the model's one-step reconstruction from that level first.
+        """
         latents = batch.latents
         context = self.model.encode_text(self.text_encoder.encode(batch.prompts))
-        frames = latents.shape[2]
-        sigma_frames = sigmas.repeat_interleave(self.chunk_frames, dim=1)[:, :frames]  # [B, F]
+        attention = DenseAttention(self.model.rope, self.positions, *self.grid, self.mask)
+        if context_levels is not None and bool((context_levels > 0).any()):
+            latents = self._own_context(latents, sigmas, noise, context_levels, context, attention)
+        sigma_frames = self._per_frame(sigmas, latents.shape[2])  # [B, F]
         sigma_b = sigma_frames[:, None, :, None, None]
         noisy = (1 - sigma_b) * latents + sigma_b * noise
-        attention = DenseAttention(self.model.rope, self.positions, *self.grid, self.mask)
         flow = self.model(noisy, sigma_frames * 1000, context, attention)
-        error = ((flow - (noise - latents)).pow(2) * batch.weights).mean(dim=(1, 3, 4))  # [B, F]
+        target = noise - batch.latents
+        error = ((flow - target).pow(2) * batch.weights).mean(dim=(1, 3, 4))  # [B, F]
         weight = (sigma_frames > 0).float()
         return (error * weight).sum() / weight.sum().clamp(min=1)
+
+    def _per_frame(self, per_chunk: torch.Tensor, frames: int) -> torch.Tensor:
+        return per_chunk.repeat_interleave(self.chunk_frames, dim=1)[:, :frames]
+
+    @torch.no_grad()
+    def _own_context(
+        self,
+        latents: torch.Tensor,
+        sigmas: torch.Tensor,
+        noise: torch.Tensor,
+        context_levels: torch.Tensor,
+        context: TextContext,
+        attention: DenseAttention,
+    ) -> torch.Tensor:
+        """``latents`` with the chosen clean chunks replaced by the model's x0 prediction from
+        their noise level (a clean chunk's ``noise`` is otherwise unused, so it is reused here;
+        the other chunks are noised as in the loss pass)."""
+        chosen = self._per_frame(context_levels > 0, latents.shape[2])  # [B, F]
+        levels = self._per_frame(
+            torch.where(context_levels > 0, context_levels, sigmas), chosen.shape[1]
+        )
+        level_b = levels[:, None, :, None, None]
+        noisy = (1 - level_b) * latents + level_b * noise
+        x0 = noisy - level_b * self.model(noisy, levels * 1000, context, attention)
+        return torch.where(chosen[:, None, :, None, None], x0, latents)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -256,7 +341,10 @@ def train(
             clips = sample_batch(config.batch, config, step)
             sigmas = chunk_sigmas(clips.random_start, num_chunks, config, generator)
             noise = torch.randn(clips.latents.shape, generator=generator)
-            batch = (clips, sigmas, noise)
+            levels = None
+            if config.self_context_prob > 0:
+                levels = self_context_levels(sigmas, config, generator)
+            batch = (clips, sigmas, noise, levels)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = net.loss(*batch)
@@ -335,10 +423,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--init", type=Path, default=None, help="continue from a run's weights")
     parser.add_argument("--warmup", type=int, default=TrainConfig.warmup)
+    parser.add_argument(
+        "--self-context",
+        type=float,
+        default=TrainConfig.self_context_prob,
+        help="share of clean context chunks replaced by the model's own reconstruction",
+    )
+    parser.add_argument(
+        "--random-start",
+        type=float,
+        default=TrainConfig.random_start_prob,
+        help="share of clips that start anywhere (the rest start where the prompt says)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = TrainConfig(
-        steps=args.steps, seed=args.seed, batch=args.batch, lr=args.lr, warmup=args.warmup
+        steps=args.steps,
+        seed=args.seed,
+        batch=args.batch,
+        lr=args.lr,
+        warmup=args.warmup,
+        self_context_prob=args.self_context,
+        random_start_prob=args.random_start,
     )
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -179,18 +179,15 @@ class Motion:
     sizes: np.ndarray = field(repr=False)  # [N] stamp side of every sprite
 
 
-# top-left corners of the sprites of a canonical start, by sprite count (all sprites fit apart)
-START_SLOTS: dict[int, tuple[tuple[int, int], ...]] = {
-    1: ((12, 12),),
-    2: ((5, 5), (19, 19)),
-    3: ((4, 4), (4, 20), (20, 12)),
-}
-# direction (row, col) of the sprite in each slot of a canonical start
+# top-left corner and direction (row, col) of slot k of a canonical start: sprite k (in the
+# scene's canonical order) starts in slot k, whatever the sprite count, so what the model draws
+# in a slot depends on one phrase of the prompt only (all three slots fit apart)
+START_SLOTS: tuple[tuple[int, int], ...] = ((4, 4), (4, 20), (20, 12))
 START_SIGNS = ((1.0, 1.0), (1.0, -1.0), (-1.0, 1.0))
 
 
 def canonical_motion(scene: Scene) -> Motion:
-    """The start a prompt implies: sprite ``k`` (in the scene's canonical order) at slot ``k``,
+    """The start a prompt implies: sprite ``k`` (in the scene's canonical order) in slot ``k``,
     moving in the slot's direction.
 
     Why a fixed start: the AR sampler (Self-Forcing's: predict x0, re-noise with fresh noise)
@@ -198,9 +195,10 @@ def canonical_motion(scene: Scene) -> Motion:
     chunk whose sprites could be anywhere would be a blur of all places; a start that the prompt
     determines is sharp, and the rest of the video follows from physics.
     """
+    count = len(scene.sprites)
     sizes = np.array([s.stamp.shape[0] for s in scene.sprites])
-    slots = np.array(START_SLOTS[len(scene.sprites)], dtype=float) * scene.size / FRAME_SIZE
-    velocities = MAX_SPEED * np.array(START_SIGNS[: len(sizes)])
+    slots = np.array(START_SLOTS[:count], dtype=float) * scene.size / FRAME_SIZE
+    velocities = MAX_SPEED * np.array(START_SIGNS[:count])
     positions = np.minimum(np.round(slots), (scene.size - sizes)[:, None])
     return Motion(positions, velocities, sizes)
 
