@@ -25,7 +25,7 @@ The shipped weights are two runs (2 CPU threads)::
 
     python -m headforcing.toyworld.train --out stage1
     python -m headforcing.toyworld.train --out DIR --init stage1 --seed 1 --steps 900 \
-        --lr 3e-4 --warmup 50 --self-context SHARE --random-start 0.3
+        --lr 3e-4 --warmup 50 --self-context 0.5 --random-start 0.3
 
 (the defaults are the first stage's: 2000 steps of 8 clips, seed 0). Each run writes
 ``model.safetensors`` (the transformer, EMA weights), ``text_encoder.safetensors``,
