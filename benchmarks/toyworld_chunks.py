@@ -18,13 +18,15 @@ context and the chunk, which is what the ``full`` cache computes.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from headforcing.model import DenseAttention, block_causal_mask
+from headforcing.model import DenseAttention, TextContext, WanModel, block_causal_mask
 from headforcing.pipeline import Pipeline
+from headforcing.sampling import denoise
 from headforcing.toyworld.codec import decode_latents, encode_frames
 from headforcing.toyworld.evaluate import EVAL_PROMPTS
 from headforcing.toyworld.metrics import as_uint8_video, colour_error, find_sprites
@@ -57,19 +59,29 @@ def rollout(
             model.rope, torch.arange(end), *pipeline.token_grid, mask[:end, :end]
         )
         shape = (1, real.shape[1], end - first, *real.shape[3:])
-        x = torch.randn(shape, generator=generator)
-        for step, sigma in enumerate(sigmas):
-            timesteps = torch.cat(
-                [torch.zeros(1, first), torch.full((1, end - first), sigma * train_steps)], 1
-            )
-            flow = model(torch.cat([past, x], 2), timesteps, context, attention)[:, :, first:]
-            x0 = x - sigma * flow
-            if step + 1 < len(sigmas):
-                x = (1 - sigmas[step + 1]) * x0 + sigmas[step + 1] * torch.randn(
-                    shape, generator=generator
-                )
+        flow = _prefix_flow(model, past, context, attention, train_steps)
+        x0 = denoise(flow, shape, generator, sigmas)
         done.append(x0)
     return torch.cat(done, 2)
+
+
+def _prefix_flow(
+    model: WanModel,
+    past: torch.Tensor,
+    context: TextContext,
+    attention: DenseAttention,
+    train_steps: int,
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """The flow of a chunk that follows the clean frames ``past`` (run together, dense)."""
+    first = past.shape[2]
+
+    def flow(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        timesteps = torch.cat(
+            [torch.zeros(1, first), torch.full((1, x.shape[2]), sigma * train_steps)], 1
+        )
+        return model(torch.cat([past, x], 2), timesteps, context, attention)[:, :, first:]
+
+    return flow
 
 
 def chunk_errors(video: np.ndarray, scene: Scene, chunk_frames: int) -> np.ndarray:

@@ -8,7 +8,7 @@ are warped through that table, giving t = [1000, 937.5, 833.3, 625.0]. The model
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +58,32 @@ class LatentChunk:
     prompt: str = ""
 
 
+def denoise(
+    flow: Callable[[torch.Tensor, float], torch.Tensor],
+    shape: tuple[int, ...],
+    generator: torch.Generator,
+    sigmas: list[float],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The few-step loop of one chunk: start from noise, predict x0 from ``flow(x, sigma)`` at
+    every level and re-noise it to the next level with fresh noise; returns the last x0.
+
+    Noise of ``shape`` is drawn on the CPU from ``generator`` (same seed -> same video on any
+    device), then moved to ``device``.
+    """
+
+    def noise() -> torch.Tensor:
+        return torch.randn(shape, generator=generator).to(device)
+
+    x = noise()
+    for step, sigma in enumerate(sigmas):
+        x0 = x - sigma * flow(x, sigma)
+        if step + 1 < len(sigmas):
+            next_sigma = sigmas[step + 1]
+            x = (1 - next_sigma) * x0 + next_sigma * noise()
+    return x0
+
+
 def generate_chunks(
     model: WanModel,
     cache: KVCache,
@@ -79,24 +105,18 @@ def generate_chunks(
     sigmas = schedule.sigmas()
     device = model.device
 
-    def noise(frames: int) -> torch.Tensor:
-        channels, height, width = latent_shape
-        sample = torch.randn(batch, channels, frames, height, width, generator=generator)
-        return sample.to(device)
+    def flow(x: torch.Tensor, sigma: float) -> torch.Tensor:
+        # attend to [kept context + chunk], store nothing
+        timesteps = torch.full((batch, x.shape[2]), sigma * schedule.train_steps, device=device)
+        return model(x, timesteps, context, cache.attention())
 
+    channels, height, width = latent_shape
     while cache.frames_done < num_frames:
         chunk = cache.begin_chunk(min(cache.chunk_frames, num_frames - cache.frames_done))
-        per_frame = torch.ones(batch, chunk.num_frames, device=device)
-
-        # denoise: attend to [kept context + chunk], store nothing
-        x = noise(chunk.num_frames)
-        for step, sigma in enumerate(sigmas):
-            flow = model(x, per_frame * (sigma * schedule.train_steps), context, cache.attention())
-            x0 = x - sigma * flow
-            if step + 1 < len(sigmas):
-                next_sigma = sigmas[step + 1]
-                x = (1 - next_sigma) * x0 + next_sigma * noise(chunk.num_frames)
+        shape = (batch, channels, chunk.num_frames, height, width)
+        x0 = denoise(flow, shape, generator, sigmas, device)
 
         # commit: the clean prediction at t = 0 writes the chunk's K/V
-        model(x0, per_frame * 0, context, cache.attention(commit=True))
+        at_zero = torch.zeros(batch, chunk.num_frames, device=device)
+        model(x0, at_zero, context, cache.attention(commit=True))
         yield LatentChunk(chunk.first_frame, x0)
