@@ -1,6 +1,7 @@
 """Where a toy model's sprite errors come from: count and colour error per 3-frame chunk.
 
-Three ways to roll out the 21-frame training horizon, on the evaluation prompts:
+Three ways to roll out the 21-frame training horizon, on the evaluation prompts (or the
+acceptance check's twelve, ``--prompts acceptance``):
 
 - ``free``: the model's own frames as context (what the pipeline does);
 - ``real-first``: the real clip's first chunk, then the model's own frames;
@@ -9,7 +10,7 @@ Three ways to roll out the 21-frame training horizon, on the evaluation prompts:
 ``free`` against ``real-first`` measures the first chunk (drawn from the prompt alone);
 ``real-first`` against ``teacher`` measures how the model's own errors compound.
 
-    python benchmarks/toyworld_chunks.py [--weights DIR] [--seeds 0 1] [--threads 2]
+    python benchmarks/toyworld_chunks.py [--weights DIR] [--prompts eval|acceptance] [--seeds 0 1]
 
 Each chunk is sampled with the pipeline's schedule under a block-causal dense mask over the
 context and the chunk, which is what the ``full`` cache computes.
@@ -28,12 +29,13 @@ from headforcing.model import DenseAttention, TextContext, WanModel, block_causa
 from headforcing.pipeline import Pipeline
 from headforcing.sampling import denoise
 from headforcing.toyworld.codec import decode_latents, encode_frames
-from headforcing.toyworld.evaluate import EVAL_PROMPTS
+from headforcing.toyworld.evaluate import ACCEPTANCE_PROMPTS, EVAL_PROMPTS
 from headforcing.toyworld.metrics import as_uint8_video, colour_error, find_sprites
 from headforcing.toyworld.pretrained import load_toy_pipeline
 from headforcing.toyworld.world import Scene, render_clip
 
 MODES = ("free", "real-first", "teacher")
+PROMPT_SETS = {"eval": EVAL_PROMPTS, "acceptance": ACCEPTANCE_PROMPTS}
 
 
 @torch.inference_mode()
@@ -96,6 +98,7 @@ def chunk_errors(video: np.ndarray, scene: Scene, chunk_frames: int) -> np.ndarr
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None, help="shipped weights by default")
+    parser.add_argument("--prompts", choices=sorted(PROMPT_SETS), default="eval")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -105,7 +108,8 @@ def main() -> None:
     frames = pipeline.preset.video.trained_frames
     chunk_frames = pipeline.preset.video.chunk_frames
     errors: dict[str, list[np.ndarray]] = {mode: [] for mode in MODES}
-    for prompt in EVAL_PROMPTS:
+    prompts = PROMPT_SETS[args.prompts]
+    for prompt in prompts:
         scene = Scene.from_prompt(prompt)
         real = encode_frames(render_clip(scene, frames)[None])
         for seed in args.seeds:
@@ -115,7 +119,7 @@ def main() -> None:
                 errors[mode].append(chunk_errors(video, scene, chunk_frames))
 
     chunks = errors[MODES[0]][0].shape[1]
-    print(f"{len(EVAL_PROMPTS)} prompts x {len(args.seeds)} seeds, {frames} frames\n")
+    print(f"{len(prompts)} {args.prompts} prompts x {len(args.seeds)} seeds, {frames} frames\n")
     print("| rollout | metric | " + " | ".join(f"chunk {c}" for c in range(chunks)) + " | mean |")
     print("|---|---|" + "---|" * (chunks + 1))
     for mode in MODES:

@@ -175,6 +175,9 @@ class WanModel(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self.rope = Rope3D(config.head_dim, config.rope_theta)
+        self.pos_embedding = None
+        if config.spatial_positions is not None:  # not a Wan parameter (ViT-style init)
+            self.pos_embedding = nn.Parameter(0.02 * torch.randn(dim, *config.spatial_positions))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -222,6 +225,13 @@ class WanModel(nn.Module):
         # x: [B, C, F, h, w] -> [B, F, T, C] with T = h * w tokens per frame
         x = self.patch_embedding(latents.to(self.dtype))
         grid = x.shape[2:]
+        if self.pos_embedding is not None:
+            if tuple(grid[1:]) != tuple(self.pos_embedding.shape[1:]):
+                raise ValueError(
+                    f"this model's position embedding is for a {self.config.spatial_positions} "
+                    f"token grid, the latents give {tuple(grid[1:])}"
+                )
+            x = x + self.pos_embedding[:, None].to(x.dtype)
         x = x.flatten(3).permute(0, 2, 3, 1).float()
         time_emb, time_mod = self.time_embeddings(timesteps.to(self.device))
         for layer, block in enumerate(self.blocks):

@@ -10,6 +10,7 @@ prompts (``python -m headforcing.toyworld.profile``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from safetensors.torch import load_file
 from headforcing.heads.headmap import HeadMap
 from headforcing.heads.store import fingerprint
 from headforcing.io.checkpoints import model_from_state_dict
-from headforcing.model import get_preset
+from headforcing.model import WanConfig, get_preset
 from headforcing.pipeline import Pipeline
 from headforcing.toyworld.codec import SPATIAL_STRIDE, ToyDecoder
 from headforcing.toyworld.text import ToyTextEncoder
@@ -79,6 +80,10 @@ def load_toy_pipeline(
     preset = get_preset(meta.get("preset", "?"))
     if preset.name != "toy" or preset.video.vae_stride[1] != SPATIAL_STRIDE:
         raise ValueError(f"{folder / 'config.json'} is for preset {preset.name!r}, not 'toy'")
+    # the shapes the weights were trained with (config.json) win over today's preset
+    if "model" in meta:
+        saved = {**meta["model"], "patch_size": tuple(meta["model"]["patch_size"])}
+        preset = dataclasses.replace(preset, model=WanConfig(**saved))
     model = model_from_state_dict(
         load_file(str(folder / "model.safetensors")),
         preset.model,
