@@ -9,6 +9,7 @@ from headforcing.io.keymap import diffusers_to_wan
 from headforcing.model import DenseAttention
 
 from .conftest import random_model
+from .reference import reference_2d_sincos
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -61,24 +62,20 @@ def test_one_chunk_matches_diffusers(small_config, per_frame_t):
 
 
 def test_spatial_position_embedding_is_added_to_every_frames_tokens(small_config):
-    """The toy preset's absolute position embedding against diffusers' Wan with the same
-    embedding added to its patch embedding's output (a forward hook)."""
+    """The toy preset's fixed 2D sin-cos position embedding against diffusers' Wan with DiT's
+    table (written out in tests/reference.py) added to its patch embedding's output."""
     reference = diffusers_twin(small_config)
     with torch.no_grad():
         for param in reference.parameters():
             param.copy_(torch.randn_like(param) / max(param.shape[-1], 1) ** 0.5)
-    config = dataclasses.replace(small_config, spatial_positions=[6, 8])  # a JSON list
-    assert config.spatial_positions == (6, 8)
-    ours = random_model(config)
-    embedding = torch.randn(small_config.dim, 6, 8)
-    ours.load_state_dict(
-        {**diffusers_to_wan(reference.state_dict()), "pos_embedding": embedding}, strict=True
-    )
-    hook = reference.patch_embedding.register_forward_hook(
-        lambda module, inputs, output: output + embedding[:, None]
-    )
+    ours = random_model(dataclasses.replace(small_config, spatial_pos_embed=True))
+    ours.load_state_dict(diffusers_to_wan(reference.state_dict()), strict=True)  # no new weights
 
-    frames, height, width = 3, 12, 16
+    frames, height, width = 3, 12, 16  # 6 x 8 tokens per frame
+    table = reference_2d_sincos(small_config.dim, height // 2, width // 2)
+    hook = reference.patch_embedding.register_forward_hook(
+        lambda module, inputs, output: output + table[:, None]
+    )
     latents = torch.randn(1, small_config.in_channels, frames, height, width)
     text = torch.randn(1, small_config.text_len, small_config.text_dim)
     timesteps = torch.tensor([[625.0] * frames])
@@ -89,10 +86,6 @@ def test_spatial_position_embedding_is_added_to_every_frames_tokens(small_config
         error = (actual - expected).abs().max() / expected.abs().max()
         assert error <= 1e-4, f"max relative error {error:.2e}"
 
-        hook.remove()  # and it matters: without it the outputs differ
+        hook.remove()  # and it matters: without the table the outputs differ
         plain = reference(latents, timesteps[:, 0], text, return_dict=False)[0]
         assert (actual - plain).abs().max() > 100 * (actual - expected).abs().max()
-
-        small = torch.randn(1, small_config.in_channels, frames, height - 2, width)
-        with pytest.raises(ValueError, match="token grid"):
-            ours(small, timesteps, ours.encode_text(text), attention)

@@ -1,12 +1,12 @@
 """The toy world: renderer, latent codec, text encoder, metrics, training, shipped weights."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from headforcing.model import DenseAttention, WanModel, get_preset
 from headforcing.toyworld.codec import ToyDecoder, decode_latents, encode_frames
@@ -340,23 +340,16 @@ def test_continuing_from_saved_weights(tmp_path):
         torch.testing.assert_close(net.model.state_dict()[name], value, atol=2e-3, rtol=2e-3)
     pipeline = load_toy_pipeline(weights_dir=tmp_path)
     assert pipeline.preset.name == "toy" and pipeline.latent_shape == (48, 8, 8)
-    assert pipeline.preset.model.spatial_positions == (4, 4)
-    torch.testing.assert_close(
-        pipeline.model.pos_embedding, ema.model.pos_embedding.half().float(), atol=0, rtol=0
-    )
+    assert pipeline.preset.model.spatial_pos_embed
 
-    # weights saved before the position embedding existed load with their own shapes
+    # weights saved before the position embedding existed load with the shapes they were saved
+    # with (config.json), not today's preset
     old = tmp_path / "old"
-    old.mkdir()
-    text_encoder = "text_encoder.safetensors"
-    (old / text_encoder).write_bytes((tmp_path / text_encoder).read_bytes())
-    state = load_file(str(tmp_path / "model.safetensors"))
-    del state["pos_embedding"]
-    save_file(state, str(old / "model.safetensors"))
-    meta = json.loads((tmp_path / "config.json").read_text())
-    del meta["model"]["spatial_positions"]
+    shutil.copytree(tmp_path, old, ignore=shutil.ignore_patterns("old"))
+    meta = json.loads((old / "config.json").read_text())
+    del meta["model"]["spatial_pos_embed"]
     (old / "config.json").write_text(json.dumps(meta))
-    assert load_toy_pipeline(weights_dir=old).model.pos_embedding is None
+    assert not load_toy_pipeline(weights_dir=old).preset.model.spatial_pos_embed
 
 
 # -- the shipped model ---------------------------------------------------------------------------

@@ -24,16 +24,13 @@ class WanConfig:
     out_channels: int = 16
     eps: float = 1e-6
     rope_theta: float = 10000.0
-    # token grid (h, w) of a learned absolute spatial position embedding (``pos_embedding``),
-    # added to every frame's tokens; None (Wan) leaves positions to the RoPE alone
-    spatial_positions: tuple[int, int] | None = None
+    # add a fixed 2D sin-cos embedding of each token's row and column (DiT) to every frame's
+    # tokens; False (Wan) leaves positions to the RoPE alone
+    spatial_pos_embed: bool = False
 
     def __post_init__(self) -> None:
-        if self.spatial_positions is not None:
-            grid = tuple(int(n) for n in self.spatial_positions)
-            if len(grid) != 2 or min(grid) < 1:
-                raise ValueError(f"spatial_positions must be (h, w) >= 1, got {grid}")
-            object.__setattr__(self, "spatial_positions", grid)  # a JSON list reads as a tuple
+        if self.spatial_pos_embed and self.dim % 4:
+            raise ValueError(f"a spatial position embedding needs dim % 4 == 0, got {self.dim}")
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} must be divisible by num_heads {self.num_heads}")
         if self.head_dim % 2 or self.head_dim < 6:
@@ -125,9 +122,9 @@ register(
             num_layers=4,
             in_channels=48,
             out_channels=48,
-            # 32 / 4 / 2 = 4 x 4 tokens; a RoPE-only model hardly knows where a token is in the
-            # frame, which the prompt-determined start and the wall bounces need (toyworld.md)
-            spatial_positions=(4, 4),
+            # a RoPE-only model hardly knows where a token is in the frame, which the
+            # prompt-determined start and the wall bounces need (docs/toyworld.md)
+            spatial_pos_embed=True,
         ),
         video=VideoConfig(
             height=32,

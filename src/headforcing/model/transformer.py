@@ -31,6 +31,20 @@ def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
+def spatial_sincos(dim: int, height: int, width: int) -> torch.Tensor:
+    """``[dim, height, width]`` fixed 2D position embedding (DiT): the first half of the channels
+    embeds the token's row, the second half its column (:func:`sinusoidal_embedding` each)."""
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    table = torch.cat(
+        [
+            sinusoidal_embedding(dim // 2, rows.flatten()),
+            sinusoidal_embedding(dim // 2, cols.flatten()),
+        ],
+        dim=1,
+    )
+    return table.T.unflatten(1, (height, width)).float()
+
+
 class RMSNorm(nn.Module):
     """RMS norm over the last dim, computed in float32 (Wan's ``WanRMSNorm``)."""
 
@@ -175,9 +189,6 @@ class WanModel(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self.rope = Rope3D(config.head_dim, config.rope_theta)
-        self.pos_embedding = None
-        if config.spatial_positions is not None:  # not a Wan parameter (ViT-style init)
-            self.pos_embedding = nn.Parameter(0.02 * torch.randn(dim, *config.spatial_positions))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -225,13 +236,8 @@ class WanModel(nn.Module):
         # x: [B, C, F, h, w] -> [B, F, T, C] with T = h * w tokens per frame
         x = self.patch_embedding(latents.to(self.dtype))
         grid = x.shape[2:]
-        if self.pos_embedding is not None:
-            if tuple(grid[1:]) != tuple(self.pos_embedding.shape[1:]):
-                raise ValueError(
-                    f"this model's position embedding is for a {self.config.spatial_positions} "
-                    f"token grid, the latents give {tuple(grid[1:])}"
-                )
-            x = x + self.pos_embedding[:, None].to(x.dtype)
+        if self.config.spatial_pos_embed:
+            x = x + spatial_sincos(self.config.dim, *grid[1:]).to(x)[:, None]
         x = x.flatten(3).permute(0, 2, 3, 1).float()
         time_emb, time_mod = self.time_embeddings(timesteps.to(self.device))
         for layer, block in enumerate(self.blocks):
