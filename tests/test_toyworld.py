@@ -365,8 +365,8 @@ def test_missing_weights_error_names_the_fix(tmp_path):
 @pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").exists(), reason="no shipped weights")
 @pytest.mark.xfail(
     strict=True,
-    reason="known open defect (issue 6): the shipped toy model misses sprite count and colour "
-    "at 21 frames (12 prompts x 2 seeds: count_error 0.33 > 0.25, colour_error 0.17 > 0.1); "
+    reason="known open defect (issue 6): the shipped toy model misses sprite colour at 21 "
+    "frames (12 prompts x 2 seeds: colour_error 0.12 > 0.1; count_error 0.18 passes); "
     "strict, so a model that passes turns this red until the mark is removed",
 )
 def test_shipped_model_is_close_to_real_clips_at_the_training_horizon():
