@@ -43,8 +43,12 @@ class Process:
             env=env,
         )
         self.out, self.err = [], []
-        for stream, sink in ((self.popen.stdout, self.out), (self.popen.stderr, self.err)):
-            threading.Thread(target=self._read, args=(stream, sink), daemon=True).start()
+        self.readers = [
+            threading.Thread(target=self._read, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.popen.stdout, self.out), (self.popen.stderr, self.err))
+        ]
+        for reader in self.readers:
+            reader.start()
 
     @staticmethod
     def _read(stream, sink) -> None:
@@ -73,7 +77,8 @@ class Process:
         finally:
             if self.popen.poll() is None:
                 self.popen.kill()
-            time.sleep(0.1)  # let the readers take the last output
+            for reader in self.readers:  # the process has exited: read its output to the end
+                reader.join(timeout=10)
 
 
 def get_json(url: str) -> dict:
