@@ -41,6 +41,9 @@ class Process:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            # the tests send Ctrl-C: a shell that runs pytest in the background (``cmd &``) hands
+            # its children SIGINT ignored, and Python then never raises KeyboardInterrupt
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         self.out, self.err = [], []
         self.readers = [
