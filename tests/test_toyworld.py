@@ -302,31 +302,41 @@ def test_self_context_replaces_clean_chunks_by_the_models_own_reconstruction():
     assert ((levels[levels > 0] >= 0.3) & (levels[levels > 0] <= 0.7)).all()
 
     levels = torch.tensor([[0.5, 0.0, 0.0], [0.0, 0.0, 0.3]])  # clip 0 chunk 0, clip 1 chunk 2
-    noise = torch.randn(batch.latents.shape)
+    noise, fresh = torch.randn(batch.latents.shape), torch.randn(batch.latents.shape)
     context = net.model.encode_text(net.text_encoder.encode(batch.prompts))
     attention = DenseAttention(net.model.rope, torch.arange(9), *net.grid, net.mask)
-    with torch.no_grad():
-        mixed = net._own_context(batch.latents, sigmas, noise, levels, context, attention)
     kept = torch.ones(2, 9, dtype=torch.bool)
     kept[0, :3] = kept[1, 6:] = False
-    assert torch.equal(
-        mixed.permute(0, 2, 1, 3, 4)[kept], batch.latents.permute(0, 2, 1, 3, 4)[kept]
-    )
-    # reference: the chunk alone (clip 0) or its whole prefix (clip 1), noised, one model call
-    for clip, chunk_levels in ((0, [0.5]), (1, [0.0, 0.4, 0.3])):
-        frames = 3 * len(chunk_levels)
-        per_frame = torch.tensor(chunk_levels).repeat_interleave(3)[None]
-        per_frame_b = per_frame[:, None, :, None, None]
-        clean = batch.latents[clip : clip + 1, :, :frames]
-        noisy = (1 - per_frame_b) * clean + per_frame_b * noise[clip : clip + 1, :, :frames]
-        prefix = DenseAttention(
-            net.model.rope, torch.arange(frames), *net.grid, net.mask[:frames, :frames]
-        )
+    for refine in (None, (0.2, fresh)):
         with torch.no_grad():
+            mixed = net._own_context(
+                batch.latents, sigmas, noise, levels, context, attention, refine
+            )
+        assert torch.equal(
+            mixed.permute(0, 2, 1, 3, 4)[kept], batch.latents.permute(0, 2, 1, 3, 4)[kept]
+        )
+        # reference: the chunk alone (clip 0) or its whole prefix (clip 1), noised, one model
+        # call; with refine, its prediction re-noised with the fresh noise and a second call
+        for clip, chunk_levels in ((0, [0.5]), (1, [0.0, 0.4, 0.3])):
+            frames = 3 * len(chunk_levels)
+            prefix = DenseAttention(
+                net.model.rope, torch.arange(frames), *net.grid, net.mask[:frames, :frames]
+            )
             text = net.model.encode_text(net.text_encoder.encode(batch.prompts[clip : clip + 1]))
-            flow = net.model(noisy, per_frame * 1000, text, prefix)
-        expected = (noisy - per_frame_b * flow)[:, :, frames - 3 :]
-        torch.testing.assert_close(mixed[clip : clip + 1, :, frames - 3 : frames], expected)
+            clean = batch.latents[clip : clip + 1, :, :frames]
+            clip_noise, estimate = noise[clip : clip + 1, :, :frames], clean
+            for level, chunk_noise in [(chunk_levels[-1], noise)] + ([refine] if refine else []):
+                per_frame = torch.tensor([*chunk_levels[:-1], level]).repeat_interleave(3)[None]
+                per_frame_b = per_frame[:, None, :, None, None]
+                source = (1 - per_frame_b) * clean + per_frame_b * clip_noise
+                last = chunk_noise[clip : clip + 1, :, frames - 3 : frames]
+                source[:, :, -3:] = (1 - level) * estimate[:, :, -3:] + level * last
+                with torch.no_grad():
+                    flow = net.model(source, per_frame * 1000, text, prefix)
+                estimate = source - per_frame_b * flow
+            torch.testing.assert_close(
+                mixed[clip : clip + 1, :, frames - 3 : frames], estimate[:, :, -3:]
+            )
     loss = net.loss(batch, sigmas, noise, levels)
     assert torch.isfinite(loss) and loss != net.loss(batch, sigmas, noise)
 

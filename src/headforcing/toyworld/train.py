@@ -95,6 +95,11 @@ class TrainConfig:
         the target chunk expects them (0 disables it).
     self_context_sigma:
         Range of those noise levels.
+    self_context_refine:
+        Noise level of a second reconstruction step (0: one step). The chunk's first
+        reconstruction is re-noised to this level with fresh noise and denoised again, as the
+        sampler's last step does, so the context carries the residual noise of a sampled chunk
+        (the toy sampler's last level is 0.167).
     ema_decay:
         Decay of the weight average that is saved.
     seed:
@@ -117,6 +122,7 @@ class TrainConfig:
     time_shift: float = 2.0
     self_context_prob: float = 0.0
     self_context_sigma: tuple[float, float] = (0.3, 0.7)
+    self_context_refine: float = 0.0
     ema_decay: float = 0.995
     seed: int = 0
     log_every: int = 50
@@ -136,6 +142,10 @@ class TrainConfig:
         if not 0 < low <= high <= 1:
             raise ValueError(
                 f"self_context_sigma must satisfy 0 < low <= high <= 1, got {low, high}"
+            )
+        if not 0 <= self.self_context_refine < 1:
+            raise ValueError(
+                f"self_context_refine must lie in [0, 1), got {self.self_context_refine}"
             )
 
 
@@ -247,17 +257,21 @@ class DiffusionForcing(nn.Module):
         sigmas: torch.Tensor,
         noise: torch.Tensor,
         context_levels: torch.Tensor | None = None,
+        refine: tuple[float, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """noise: ``[B, C, F, h, w]``; sigmas: ``[B, chunks]`` -> weighted MSE on v (scalar).
 
         ``context_levels [B, chunks]`` (:func:`self_context_levels`): clean chunks with a level
-        above 0 are replaced by the model's one-step reconstruction from that level first.
+        above 0 are replaced by the model's one-step reconstruction from that level first;
+        ``refine = (level, fresh noise)`` adds a second step from that level.
         """
         latents = batch.latents
         context = self.model.encode_text(self.text_encoder.encode(batch.prompts))
         attention = DenseAttention(self.model.rope, self.positions, *self.grid, self.mask)
         if context_levels is not None and bool((context_levels > 0).any()):
-            latents = self._own_context(latents, sigmas, noise, context_levels, context, attention)
+            latents = self._own_context(
+                latents, sigmas, noise, context_levels, context, attention, refine
+            )
         sigma_frames = self._per_frame(sigmas, latents.shape[2])  # [B, F]
         sigma_b = sigma_frames[:, None, :, None, None]
         noisy = (1 - sigma_b) * latents + sigma_b * noise
@@ -279,10 +293,12 @@ class DiffusionForcing(nn.Module):
         context_levels: torch.Tensor,
         context: TextContext,
         attention: DenseAttention,
+        refine: tuple[float, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``latents`` with the chosen clean chunks replaced by the model's x0 prediction from
         their noise level (a clean chunk's ``noise`` is otherwise unused, so it is reused here;
-        the other chunks are noised as in the loss pass)."""
+        the other chunks are noised as in the loss pass). With ``refine = (level, noise)`` the
+        prediction is re-noised to ``level`` and predicted again."""
         chosen = self._per_frame(context_levels > 0, latents.shape[2])  # [B, F]
         levels = self._per_frame(
             torch.where(context_levels > 0, context_levels, sigmas), chosen.shape[1]
@@ -290,7 +306,14 @@ class DiffusionForcing(nn.Module):
         level_b = levels[:, None, :, None, None]
         noisy = (1 - level_b) * latents + level_b * noise
         x0 = noisy - level_b * self.model(noisy, levels * 1000, context, attention)
-        return torch.where(chosen[:, None, :, None, None], x0, latents)
+        chosen_b = chosen[:, None, :, None, None]
+        if refine is not None:
+            level, fresh = refine
+            noisy = torch.where(chosen_b, (1 - level) * x0 + level * fresh, noisy)
+            levels = torch.where(chosen, torch.full_like(levels, level), levels)
+            level_b = levels[:, None, :, None, None]
+            x0 = noisy - level_b * self.model(noisy, levels * 1000, context, attention)
+        return torch.where(chosen_b, x0, latents)
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -341,10 +364,13 @@ def train(
             clips = sample_batch(config.batch, config, step)
             sigmas = chunk_sigmas(clips.random_start, num_chunks, config, generator)
             noise = torch.randn(clips.latents.shape, generator=generator)
-            levels = None
+            levels = refine = None
             if config.self_context_prob > 0:
                 levels = self_context_levels(sigmas, config, generator)
-            batch = (clips, sigmas, noise, levels)
+                if config.self_context_refine > 0:
+                    fresh = torch.randn(clips.latents.shape, generator=generator)
+                    refine = (config.self_context_refine, fresh)
+            batch = (clips, sigmas, noise, levels, refine)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = net.loss(*batch)
@@ -435,6 +461,24 @@ def main(argv: list[str] | None = None) -> None:
         default=TrainConfig.random_start_prob,
         help="share of clips that start anywhere (the rest start where the prompt says)",
     )
+    parser.add_argument(
+        "--self-context-refine",
+        type=float,
+        default=TrainConfig.self_context_refine,
+        help="noise level of a second self-context reconstruction step (0: one step)",
+    )
+    parser.add_argument(
+        "--fg-weight",
+        type=float,
+        default=TrainConfig.fg_weight,
+        help="extra loss weight on sprite pixels and their neighbours",
+    )
+    parser.add_argument(
+        "--time-shift",
+        type=float,
+        default=TrainConfig.time_shift,
+        help="shift of the training noise levels (higher: more high-noise samples)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -445,6 +489,9 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         self_context_prob=args.self_context,
         random_start_prob=args.random_start,
+        self_context_refine=args.self_context_refine,
+        fg_weight=args.fg_weight,
+        time_shift=args.time_shift,
     )
 
     args.out.mkdir(parents=True, exist_ok=True)
