@@ -64,6 +64,23 @@ def test_every_group_matches_dense_attention_over_reported_tokens(small_config, 
         assert cache.max_position < 21
 
 
+def test_memory_heads_without_episodes_keep_the_sink_and_the_working_memory(small_config):
+    model = random_model(small_config)
+    policy = HeadForcingPolicy(
+        head_map=random_head_map(small_config, seed=2), max_episodes=0, working_frames=12
+    )
+    cache = KVCache(policy, small_config, *GRID)
+    recorder = AttentionRecorder(cache)
+    rollout_latents(model, cache, 30)
+    checked = check_against_reference(recorder, small_config.head_dim, GRID[0] * GRID[1])
+    assert checked == 10 * 5 * sum(len(groups) for groups in cache.layers)
+    memory = [g for g in cache.groups() if g.label == "memory"]
+    assert memory
+    for group in memory:
+        assert group.rule.episodes == []
+        assert group.frame_ids.unique().tolist() == [0, 1, 2, *range(30 - 12, 30)]
+
+
 def test_rotation_identity():
     """Keys rotated at p == keys rotated at q, re-phased in the temporal band by p - q."""
     rope = Rope3D(128)

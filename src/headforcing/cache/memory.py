@@ -46,7 +46,7 @@ class EpisodicMemory(Retention):
     sink_frames, working_frames:
         Whole frames kept at the start and at the end of the history.
     max_episodes:
-        Episodes kept at most.
+        Episodes kept at most (0: no episodic memory, only the sink and the working memory).
     episode_frames:
         Size of one episode in frames' worth of tokens (1.0 = as many tokens as one frame).
     novelty_threshold:
@@ -122,7 +122,10 @@ class EpisodicMemory(Retention):
         return token_ids[best].sort().values
 
     def _absorb(self, group, index: torch.Tensor, frame: int) -> None:
-        """An evicted frame's tokens (``index`` into the group) join the episodic memory."""
+        """An evicted frame's tokens (``index`` into the group) join the episodic memory (with
+        ``max_episodes == 0`` there is none: the frame is dropped)."""
+        if self.max_episodes == 0:
+            return
         budget = self.episode_tokens(group.tokens_per_frame)
         keys = group.keys[:, :, index.to(group.keys.device)].float()
         summary = keys.mean(dim=(0, 2)).flatten()  # [Hg * D]
