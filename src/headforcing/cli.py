@@ -50,7 +50,7 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
     heads.add_argument("--local-frames", type=int, help="frames local heads keep")
     heads.add_argument("--anchor-recent-frames", type=int, help="recent frames of anchor heads")
     heads.add_argument("--working-frames", type=int, help="working memory of memory heads")
-    heads.add_argument("--max-episodes", type=int, help="episodes of memory heads")
+    heads.add_argument("--max-episodes", type=int, help="episodes of memory heads (0: none)")
     heads.add_argument("--episode-frames", type=float, help="tokens per episode, in frames")
     heads.add_argument("--novelty-threshold", type=float, help="key distance opening an episode")
 
