@@ -297,6 +297,8 @@ def test_self_context_replaces_clean_chunks_by_the_models_own_reconstruction():
     batch = replace(batch, latents=batch.latents[:, :, :9], weights=batch.weights[:, :, :9])
     sigmas = torch.tensor([[0.0, 0.0, 0.6], [0.0, 0.4, 0.0]])
     config = TrainConfig(self_context_prob=0.7)
+    with pytest.raises(ValueError, match="needs self-context"):
+        TrainConfig(self_context_refine=0.2)
     levels = self_context_levels(sigmas, config, torch.Generator().manual_seed(1))
     assert (levels[sigmas > 0] == 0).all()
     assert ((levels[levels > 0] >= 0.3) & (levels[levels > 0] <= 0.7)).all()

@@ -147,6 +147,8 @@ class TrainConfig:
             raise ValueError(
                 f"self_context_refine must lie in [0, 1), got {self.self_context_refine}"
             )
+        if self.self_context_refine > 0 and self.self_context_prob == 0:
+            raise ValueError("self_context_refine needs self-context (self_context_prob > 0)")
 
 
 def text_encoder_for(preset_name: str = PRESET, seed: int = 0) -> ToyTextEncoder:
