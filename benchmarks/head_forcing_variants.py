@@ -30,7 +30,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "window-21 (relative)": ("window", {"positions": "relative"}),
     "sink (relative)": ("sink", {"positions": "relative"}),
     "head_forcing (defaults)": ("head_forcing", {}),
-    "head_forcing, budgets x2": (
+    "head_forcing, larger budgets": (
         "head_forcing",
         {"local_frames": 12, "anchor_recent_frames": 12, "working_frames": 9, "max_episodes": 3},
     ),
