@@ -26,6 +26,18 @@ def rollout_latents(model, cache, frames, seed=3):
         return torch.cat([chunk.latents for chunk in chunks], dim=2)
 
 
+def rollout_checked_against_dense_attention(model, policy, config, frames):
+    """Roll out ``frames`` frames; every pass, layer and head group must match dense attention
+    over exactly the tokens the cache reports. Returns the cache."""
+    cache = KVCache(policy, config, *GRID)
+    recorder = AttentionRecorder(cache)
+    rollout_latents(model, cache, frames)
+    checked = check_against_reference(recorder, config.head_dim, GRID[0] * GRID[1])
+    chunks = -(-frames // 3)
+    assert checked == chunks * 5 * sum(len(groups) for groups in cache.layers)
+    return cache
+
+
 @pytest.mark.parametrize("map_seed", [0, 1])
 def test_unlimited_budgets_with_absolute_positions_equal_full(small_config, map_seed):
     model = random_model(small_config)
@@ -53,11 +65,7 @@ def test_every_group_matches_dense_attention_over_reported_tokens(small_config, 
         episode_span_frames=2,
         positions=positions,
     )
-    cache = KVCache(policy, small_config, *GRID)
-    recorder = AttentionRecorder(cache)
-    rollout_latents(model, cache, 30)
-    checked = check_against_reference(recorder, small_config.head_dim, GRID[0] * GRID[1])
-    assert checked == 10 * 5 * sum(len(groups) for groups in cache.layers)
+    cache = rollout_checked_against_dense_attention(model, policy, small_config, 30)
     memory = [g for g in cache.groups() if g.label == "memory"]
     assert memory and all(len(g.rule.episodes) == 2 for g in memory)  # selection really ran
     if positions == "relative":
@@ -69,11 +77,7 @@ def test_memory_heads_without_episodes_keep_the_sink_and_the_working_memory(smal
     policy = HeadForcingPolicy(
         head_map=random_head_map(small_config, seed=2), max_episodes=0, working_frames=12
     )
-    cache = KVCache(policy, small_config, *GRID)
-    recorder = AttentionRecorder(cache)
-    rollout_latents(model, cache, 30)
-    checked = check_against_reference(recorder, small_config.head_dim, GRID[0] * GRID[1])
-    assert checked == 10 * 5 * sum(len(groups) for groups in cache.layers)
+    cache = rollout_checked_against_dense_attention(model, policy, small_config, 30)
     memory = [g for g in cache.groups() if g.label == "memory"]
     assert memory
     for group in memory:
