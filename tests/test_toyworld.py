@@ -21,6 +21,8 @@ from headforcing.toyworld.evaluate import (
 )
 from headforcing.toyworld.metrics import (
     TELEPORT_PIXELS,
+    colour_error,
+    colour_error_parts,
     drift,
     find_sprites,
     label_components,
@@ -32,6 +34,7 @@ from headforcing.toyworld.text import ToyTextEncoder, slot_prompt
 from headforcing.toyworld.train import (
     DiffusionForcing,
     TrainConfig,
+    own_input_levels,
     sample_batch,
     save,
     self_context_levels,
@@ -274,6 +277,27 @@ def test_metrics_fail_corrupted_clips():
     assert MAX_SPEED * np.sqrt(2) + 1 < TELEPORT_PIXELS
 
 
+def test_colour_error_parts_tell_a_lost_sprite_from_a_wrong_colour():
+    scene = Scene.from_prompt(
+        "a blue circle, a red square and a yellow square bounce over a purple striped background"
+    )
+    frame = render_clip(scene, 1)[0]
+    rgbs = [np.array(sprite.rgb) for sprite in scene.sprites]
+    assert len({tuple(c) for c in rgbs}) == len(rgbs) == 3
+    first = (frame == rgbs[0]).all(-1)
+
+    erased = np.where(first[..., None], scene.background_image(), frame)
+    recoloured = np.where(first[..., None], rgbs[0] + np.array([-30, 30, 0]), frame)
+    for video, parts in (
+        (frame, (0.0, 0.0)),
+        (erased, (1 / 3, 0.0)),
+        (recoloured.astype(np.uint8), (0.0, np.hypot(30, 30) / (255 * np.sqrt(3)) / 3)),
+    ):
+        blobs = find_sprites(video[None], scene)[0]
+        np.testing.assert_allclose(colour_error_parts(blobs, scene), parts, atol=1e-9)
+        assert colour_error(blobs, scene) == pytest.approx(sum(parts))
+
+
 # -- training ------------------------------------------------------------------------------------
 
 
@@ -341,6 +365,62 @@ def test_self_context_replaces_clean_chunks_by_the_models_own_reconstruction():
             )
     loss = net.loss(batch, sigmas, noise, levels)
     assert torch.isfinite(loss) and loss != net.loss(batch, sigmas, noise)
+
+
+def test_own_input_noises_low_noise_chunks_from_the_models_prediction():
+    torch.manual_seed(0)
+    net = DiffusionForcing(WanModel(get_preset("toy").model), text_encoder_for(), 9).eval()
+    batch = sample_batch(2, TrainConfig(batch=2), step=0)
+    batch = replace(batch, latents=batch.latents[:, :, :9], weights=batch.weights[:, :, :9])
+    sigmas = torch.tensor([[0.0, 0.3, 0.9], [0.5, 0.0, 0.2]])
+    with pytest.raises(ValueError, match="own_input_sigma"):
+        TrainConfig(own_input_sigma=(0.6, 0.2))
+    with pytest.raises(ValueError, match="own_input_span"):
+        TrainConfig(own_input_span=0.0)
+    config = TrainConfig(own_input_prob=1.0, own_input_sigma=(0.25, 0.6))
+    levels = own_input_levels(sigmas, config, torch.Generator().manual_seed(1))
+    eligible = (sigmas >= 0.25) & (sigmas <= 0.6)
+    assert (levels[~eligible] == 0).all() and (levels[eligible] >= sigmas[eligible]).all()
+    assert ((levels[eligible] > 0) & (levels[eligible] <= 1)).all()
+    near = own_input_levels(sigmas, replace(config, own_input_span=0.05), torch.Generator())
+    assert (near[eligible] - sigmas[eligible] <= 0.05 + 1e-6).all()
+
+    # clip 0 chunk 1 from 0.7, clip 1 chunk 2 from 0.45 (chosen by hand; the rest from truth)
+    levels = torch.tensor([[0.0, 0.7, 0.0], [0.0, 0.0, 0.45]])
+    noise, own_noise = torch.randn(batch.latents.shape), torch.randn(batch.latents.shape)
+    text = net.model.encode_text(net.text_encoder.encode(batch.prompts))
+    attention = DenseAttention(net.model.rope, torch.arange(9), *net.grid, net.mask)
+
+    # reference: one call with the chosen chunks noised from the truth to their own-input level
+    # with their own noise, the others as in the loss pass; the chosen chunks are then noised
+    # from that prediction, and their target is the v that leads back to the truth
+    truth = batch.latents
+    sigma_f = sigmas.repeat_interleave(3, dim=1)
+    chosen_f = (levels > 0).repeat_interleave(3, dim=1)[:, None, :, None, None]
+    first_f = torch.where(levels > 0, levels, sigmas).repeat_interleave(3, dim=1)
+    first_b = first_f[:, None, :, None, None]
+    source = (1 - first_b) * truth + first_b * torch.where(chosen_f, own_noise, noise)
+    with torch.no_grad():
+        predicted = source - first_b * net.model(source, first_f * 1000, text, attention)
+        base = torch.where(chosen_f, predicted, truth)
+        sigma_b = sigma_f[:, None, :, None, None]
+        noisy = (1 - sigma_b) * base + sigma_b * noise
+        flow = net.model(noisy, sigma_f * 1000, text, attention)
+        target = torch.where(chosen_f, (noisy - truth) / sigma_b.clamp(min=1e-6), noise - truth)
+        error = ((flow - target).pow(2) * batch.weights).mean(dim=(1, 3, 4))
+        expected = (error * (sigma_f > 0)).sum() / (sigma_f > 0).sum()
+        zero = torch.zeros_like(sigmas)
+        mixed = net._own_context(
+            truth, sigmas, noise, zero, text, attention, own_input=(levels, own_noise)
+        )
+        loss = net.loss(batch, sigmas, noise, own_input=(levels, own_noise))
+        plain = net.loss(batch, sigmas, noise)
+    torch.testing.assert_close(mixed, base)
+    assert not torch.equal(mixed, truth)
+    torch.testing.assert_close(loss, expected)
+    assert not torch.isclose(loss, plain)
+    # no chunk chosen: the plain loss, exactly
+    assert torch.equal(net.loss(batch, sigmas, noise, own_input=(zero, own_noise)), plain)
 
 
 def test_continuing_from_saved_weights(tmp_path):

@@ -171,14 +171,20 @@ def _greedy_pairs(cost: np.ndarray) -> list[tuple[int, int]]:
 
 def colour_error(blobs: list[Blob], scene: Scene) -> float:
     """Mean distance (in [0, 1]) of each prompt sprite's colour to its matched blob's colour."""
+    return sum(colour_error_parts(blobs, scene))
+
+
+def colour_error_parts(blobs: list[Blob], scene: Scene) -> tuple[float, float]:
+    """:func:`colour_error` as ``(unmatched, matched)``: the share of prompt sprites that no blob
+    matches (each counts 1) and the summed distance of the matched ones, over the sprite count."""
     expected = np.array([sprite.rgb for sprite in scene.sprites], dtype=float)
     if not blobs:
-        return 1.0
+        return 1.0, 0.0
     found = np.stack([blob.colour for blob in blobs])
     cost = np.linalg.norm(expected[:, None] - found[None], axis=-1) / _MAX_COLOUR_DISTANCE
     distances = [cost[row, col] for row, col in _greedy_pairs(cost)]
-    distances += [1.0] * (len(expected) - len(distances))
-    return float(np.mean(distances))
+    unmatched = len(expected) - len(distances)
+    return unmatched / len(expected), float(np.sum(distances)) / len(expected)
 
 
 def displacements(sprites: list[list[Blob]], colour_tolerance: float = 0.25) -> np.ndarray:

@@ -100,6 +100,20 @@ class TrainConfig:
         reconstruction is re-noised to this level with fresh noise and denoised again, as the
         sampler's last step does, so the context carries the residual noise of a sampled chunk
         (the toy sampler's last level is 0.167).
+    own_input_prob:
+        Chance that a noisy chunk at a level within ``own_input_sigma`` is noised from the
+        model's own x0 prediction instead of from the truth; the prediction is made (no
+        gradient) from a level drawn uniformly between the chunk's level and that level plus
+        ``own_input_span`` (at most 1), and the target is still the truth. The sampler feeds
+        the model its own earlier predictions, blurrier than real frames; a model trained on
+        real frames alone keeps that blur at low noise instead of correcting it (0 disables
+        it).
+    own_input_sigma:
+        Range of the levels of the chunks that may be noised from the model's own prediction
+        (the toy sampler's lower levels, 0.167 to 0.576: below it the target, which grows as
+        ``1 / sigma``, would swamp the loss).
+    own_input_span:
+        How far above the chunk's level the prediction may be made from.
     ema_decay:
         Decay of the weight average that is saved.
     seed:
@@ -123,6 +137,9 @@ class TrainConfig:
     self_context_prob: float = 0.0
     self_context_sigma: tuple[float, float] = (0.3, 0.7)
     self_context_refine: float = 0.0
+    own_input_prob: float = 0.0
+    own_input_sigma: tuple[float, float] = (0.15, 0.6)
+    own_input_span: float = 1.0
     ema_decay: float = 0.995
     seed: int = 0
     log_every: int = 50
@@ -149,6 +166,13 @@ class TrainConfig:
             )
         if self.self_context_refine > 0 and self.self_context_prob == 0:
             raise ValueError("self_context_refine needs self-context (self_context_prob > 0)")
+        if not 0 <= self.own_input_prob <= 1:
+            raise ValueError(f"own_input_prob must lie in [0, 1], got {self.own_input_prob}")
+        low, high = self.own_input_sigma
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"own_input_sigma must satisfy 0 < low <= high <= 1, got {low, high}")
+        if self.own_input_span <= 0:
+            raise ValueError(f"own_input_span must be > 0, got {self.own_input_span}")
 
 
 def text_encoder_for(preset_name: str = PRESET, seed: int = 0) -> ToyTextEncoder:
@@ -238,6 +262,21 @@ def self_context_levels(
     return torch.where(chosen, levels, torch.zeros_like(levels))
 
 
+def own_input_levels(
+    sigmas: torch.Tensor, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """Level ``[B, chunks]`` from which the model predicts the x0 that each noisy chunk is then
+    noised from (0: the chunk is noised from the truth): uniform between the chunk's own level
+    and that level plus ``own_input_span`` (at most 1), for a share ``own_input_prob`` of the
+    noisy chunks at levels in ``own_input_sigma``. Clean chunks are never chosen."""
+    top = (sigmas + config.own_input_span).clamp(max=1)
+    levels = sigmas + (top - sigmas) * torch.rand(sigmas.shape, generator=generator)
+    low, high = config.own_input_sigma
+    eligible = (sigmas >= low) & (sigmas <= high)
+    chosen = (torch.rand(sigmas.shape, generator=generator) < config.own_input_prob) & eligible
+    return torch.where(chosen, levels, torch.zeros_like(levels))
+
+
 class DiffusionForcing(nn.Module):
     """The transformer and the text encoder with the diffusion-forcing loss of one batch."""
 
@@ -260,25 +299,37 @@ class DiffusionForcing(nn.Module):
         noise: torch.Tensor,
         context_levels: torch.Tensor | None = None,
         refine: tuple[float, torch.Tensor] | None = None,
+        own_input: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """noise: ``[B, C, F, h, w]``; sigmas: ``[B, chunks]`` -> weighted MSE on v (scalar).
 
         ``context_levels [B, chunks]`` (:func:`self_context_levels`): clean chunks with a level
         above 0 are replaced by the model's one-step reconstruction from that level first;
         ``refine = (level, fresh noise)`` adds a second step from that level.
+        ``own_input = (levels [B, chunks], noise)`` (:func:`own_input_levels`): noisy chunks
+        with a level above 0 are noised from the model's x0 prediction from that level (made
+        with that noise) instead of from the truth; their target is the v that leads back to
+        the truth, ``(noisy - x0) / sigma``.
         """
         latents = batch.latents
         context = self.model.encode_text(self.text_encoder.encode(batch.prompts))
         attention = DenseAttention(self.model.rope, self.positions, *self.grid, self.mask)
-        if context_levels is not None and bool((context_levels > 0).any()):
+        if context_levels is None:
+            context_levels = torch.zeros_like(sigmas)
+        own_levels = own_input[0] if own_input is not None else torch.zeros_like(sigmas)
+        if bool((context_levels > 0).any()) or bool((own_levels > 0).any()):
             latents = self._own_context(
-                latents, sigmas, noise, context_levels, context, attention, refine
+                latents, sigmas, noise, context_levels, context, attention, refine, own_input
             )
         sigma_frames = self._per_frame(sigmas, latents.shape[2])  # [B, F]
         sigma_b = sigma_frames[:, None, :, None, None]
         noisy = (1 - sigma_b) * latents + sigma_b * noise
         flow = self.model(noisy, sigma_frames * 1000, context, attention)
         target = noise - batch.latents
+        own_b = self._per_frame(own_levels > 0, latents.shape[2])[:, None, :, None, None]
+        if bool(own_b.any()):
+            back = (noisy - batch.latents) / sigma_b.clamp(min=1e-6)
+            target = torch.where(own_b, back, target)
         error = ((flow - target).pow(2) * batch.weights).mean(dim=(1, 3, 4))  # [B, F]
         weight = (sigma_frames > 0).float()
         return (error * weight).sum() / weight.sum().clamp(min=1)
@@ -296,26 +347,37 @@ class DiffusionForcing(nn.Module):
         context: TextContext,
         attention: DenseAttention,
         refine: tuple[float, torch.Tensor] | None = None,
+        own_input: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """``latents`` with the chosen clean chunks replaced by the model's x0 prediction from
-        their noise level (a clean chunk's ``noise`` is otherwise unused, so it is reused here;
-        the other chunks are noised as in the loss pass). With ``refine = (level, noise)`` the
-        prediction is re-noised to ``level`` and predicted again."""
-        chosen = self._per_frame(context_levels > 0, latents.shape[2])  # [B, F]
-        levels = self._per_frame(
-            torch.where(context_levels > 0, context_levels, sigmas), chosen.shape[1]
+        """``latents`` with the chosen chunks replaced by the model's x0 prediction, all from
+        one model call: clean chunks with a context level above 0 from that level (a clean
+        chunk's ``noise`` is otherwise unused, so it is reused here) and, with ``own_input =
+        (levels, noise)``, noisy chunks with a level above 0 from that level and that noise;
+        the other chunks are noised as in the loss pass. With ``refine = (level, noise)`` the
+        context chunks' prediction is re-noised to ``level`` and predicted again (the noisy
+        chunks keep their first prediction)."""
+        frames = latents.shape[2]
+        own_levels, own_noise = own_input if own_input is not None else (None, noise)
+        if own_levels is None:
+            own_levels = torch.zeros_like(sigmas)
+        chosen = self._per_frame(context_levels > 0, frames)  # [B, F]
+        own = self._per_frame(own_levels > 0, frames)
+        per_chunk = torch.where(
+            context_levels > 0, context_levels, torch.where(own_levels > 0, own_levels, sigmas)
         )
+        levels = self._per_frame(per_chunk, frames)
         level_b = levels[:, None, :, None, None]
-        noisy = (1 - level_b) * latents + level_b * noise
+        chosen_b, own_b = chosen[:, None, :, None, None], own[:, None, :, None, None]
+        noisy = (1 - level_b) * latents + level_b * torch.where(own_b, own_noise, noise)
         x0 = noisy - level_b * self.model(noisy, levels * 1000, context, attention)
-        chosen_b = chosen[:, None, :, None, None]
+        first = x0
         if refine is not None:
             level, fresh = refine
             noisy = torch.where(chosen_b, (1 - level) * x0 + level * fresh, noisy)
             levels = torch.where(chosen, torch.full_like(levels, level), levels)
             level_b = levels[:, None, :, None, None]
             x0 = noisy - level_b * self.model(noisy, levels * 1000, context, attention)
-        return torch.where(chosen_b, x0, latents)
+        return torch.where(chosen_b, x0, torch.where(own_b, first, latents))
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -372,7 +434,11 @@ def train(
                 if config.self_context_refine > 0:
                     fresh = torch.randn(clips.latents.shape, generator=generator)
                     refine = (config.self_context_refine, fresh)
-            batch = (clips, sigmas, noise, levels, refine)
+            own_input = None
+            if config.own_input_prob > 0:
+                own_levels = own_input_levels(sigmas, config, generator)
+                own_input = (own_levels, torch.randn(clips.latents.shape, generator=generator))
+            batch = (clips, sigmas, noise, levels, refine, own_input)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = net.loss(*batch)
@@ -470,6 +536,18 @@ def main(argv: list[str] | None = None) -> None:
         help="noise level of a second self-context reconstruction step (0: one step)",
     )
     parser.add_argument(
+        "--own-input",
+        type=float,
+        default=TrainConfig.own_input_prob,
+        help="share of low-noise chunks noised from the model's own prediction, not the truth",
+    )
+    parser.add_argument(
+        "--own-input-span",
+        type=float,
+        default=TrainConfig.own_input_span,
+        help="how far above a chunk's level its own prediction may be made from",
+    )
+    parser.add_argument(
         "--fg-weight",
         type=float,
         default=TrainConfig.fg_weight,
@@ -492,6 +570,8 @@ def main(argv: list[str] | None = None) -> None:
         self_context_prob=args.self_context,
         random_start_prob=args.random_start,
         self_context_refine=args.self_context_refine,
+        own_input_prob=args.own_input,
+        own_input_span=args.own_input_span,
         fg_weight=args.fg_weight,
         time_shift=args.time_shift,
     )
