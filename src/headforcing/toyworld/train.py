@@ -99,7 +99,7 @@ class TrainConfig:
         Noise level of a second reconstruction step (0: one step). The chunk's first
         reconstruction is re-noised to this level with fresh noise and denoised again, as the
         sampler's last step does, so the context carries the residual noise of a sampled chunk
-        (the toy sampler's last level is 0.167).
+        (the toy sampler's last level is 0.165).
     own_input_prob:
         Chance that a noisy chunk at a level within ``own_input_sigma`` is noised from the
         model's own x0 prediction instead of from the truth; the prediction is made (no
@@ -110,7 +110,7 @@ class TrainConfig:
         it).
     own_input_sigma:
         Range of the levels of the chunks that may be noised from the model's own prediction
-        (the toy sampler's lower levels, 0.167 to 0.576: below it the target, which grows as
+        (the toy sampler's lower levels, 0.165 to 0.576: below it the target, which grows as
         ``1 / sigma``, would swamp the loss).
     own_input_span:
         How far above the chunk's level the prediction may be made from.
@@ -357,9 +357,7 @@ class DiffusionForcing(nn.Module):
         context chunks' prediction is re-noised to ``level`` and predicted again (the noisy
         chunks keep their first prediction)."""
         frames = latents.shape[2]
-        own_levels, own_noise = own_input if own_input is not None else (None, noise)
-        if own_levels is None:
-            own_levels = torch.zeros_like(sigmas)
+        own_levels, own_noise = own_input or (torch.zeros_like(sigmas), noise)
         chosen = self._per_frame(context_levels > 0, frames)  # [B, F]
         own = self._per_frame(own_levels > 0, frames)
         per_chunk = torch.where(
