@@ -32,6 +32,7 @@ from headforcing.toyworld.metrics import (
 from headforcing.toyworld.pretrained import WEIGHTS_DIR, load_toy_pipeline
 from headforcing.toyworld.text import ToyTextEncoder, slot_prompt
 from headforcing.toyworld.train import (
+    Batch,
     DiffusionForcing,
     TrainConfig,
     own_input_levels,
@@ -314,11 +315,17 @@ def test_training_is_reproducible_and_learns():
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
 
 
-def test_self_context_replaces_clean_chunks_by_the_models_own_reconstruction():
+def _nine_frame_model_and_batch() -> tuple[DiffusionForcing, Batch]:
+    """A random-weight training module for 9-frame clips and a batch of two such clips."""
     torch.manual_seed(0)
     net = DiffusionForcing(WanModel(get_preset("toy").model), text_encoder_for(), 9).eval()
     batch = sample_batch(2, TrainConfig(batch=2), step=0)
     batch = replace(batch, latents=batch.latents[:, :, :9], weights=batch.weights[:, :, :9])
+    return net, batch
+
+
+def test_self_context_replaces_clean_chunks_by_the_models_own_reconstruction():
+    net, batch = _nine_frame_model_and_batch()
     sigmas = torch.tensor([[0.0, 0.0, 0.6], [0.0, 0.4, 0.0]])
     config = TrainConfig(self_context_prob=0.7)
     with pytest.raises(ValueError, match="needs self-context"):
@@ -368,10 +375,7 @@ def test_self_context_replaces_clean_chunks_by_the_models_own_reconstruction():
 
 
 def test_own_input_noises_low_noise_chunks_from_the_models_prediction():
-    torch.manual_seed(0)
-    net = DiffusionForcing(WanModel(get_preset("toy").model), text_encoder_for(), 9).eval()
-    batch = sample_batch(2, TrainConfig(batch=2), step=0)
-    batch = replace(batch, latents=batch.latents[:, :, :9], weights=batch.weights[:, :, :9])
+    net, batch = _nine_frame_model_and_batch()
     sigmas = torch.tensor([[0.0, 0.3, 0.9], [0.5, 0.0, 0.2]])
     with pytest.raises(ValueError, match="own_input_sigma"):
         TrainConfig(own_input_sigma=(0.6, 0.2))
