@@ -369,7 +369,7 @@ class DiffusionForcing(nn.Module):
         noisy = (1 - level_b) * latents + level_b * torch.where(own_b, own_noise, noise)
         x0 = noisy - level_b * self.model(noisy, levels * 1000, context, attention)
         first = x0
-        if refine is not None:
+        if refine is not None and bool(chosen.any()):
             level, fresh = refine
             noisy = torch.where(chosen_b, (1 - level) * x0 + level * fresh, noisy)
             levels = torch.where(chosen, torch.full_like(levels, level), levels)
