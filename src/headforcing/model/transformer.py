@@ -11,7 +11,6 @@ Norms, modulation and the time embedding run in float32 whatever the weights' dt
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -32,11 +31,10 @@ def sinusoidal_embedding(dim: int, timesteps: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
-@functools.lru_cache(maxsize=8)
 def spatial_sincos(dim: int, height: int, width: int) -> torch.Tensor:
     """``[dim, height, width]`` fixed 2D position embedding (DiT): the first half of the channels
     embeds the token's row, the second half its column (:func:`sinusoidal_embedding` each).
-    Cached per shape (one table per run, not per denoising pass): do not modify it in place."""
+    Computed on every pass: a few thousand sines, constant-folded under ``torch.compile``."""
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     table = torch.cat(
         [
