@@ -42,6 +42,7 @@ from headforcing.toyworld.train import (
     text_encoder_for,
     train,
 )
+from headforcing.toyworld.train import main as train_main
 from headforcing.toyworld.world import (
     MAX_SPEED,
     SPRITE_GAP,
@@ -326,6 +327,19 @@ def test_compiled_training_matches_eager_training():
         torch.testing.assert_close(compiled_ema.state_dict()[name], value, atol=1e-5, rtol=1e-4)
     # the compiled module keeps its parameter names: its weights save and load as before
     assert compiled_net.model.state_dict().keys() == net.model.state_dict().keys()
+
+
+def test_training_script_records_the_chain_of_runs(tmp_path):
+    """``config.json`` of a continued run carries the settings of every run before it."""
+    threads = str(torch.get_num_threads())  # the script sets the process-wide thread count
+    small = ["--steps", "1", "--batch", "1", "--warmup", "1", "--threads", threads]
+    train_main(["--out", str(tmp_path / "first"), *small, "--seed", "3"])
+    train_main(["--out", str(tmp_path / "second"), *small, "--init", str(tmp_path / "first")])
+    train_main(["--out", str(tmp_path / "third"), *small, "--init", str(tmp_path / "second")])
+    meta = json.loads((tmp_path / "third" / "config.json").read_text())
+    assert meta["compiled"] is False and meta["init"]["compiled"] is False
+    assert meta["init"]["train"]["seed"] == 0 and meta["init"]["init"]["train"]["seed"] == 3
+    assert "init" not in meta["init"]["init"]
 
 
 def _nine_frame_model_and_batch() -> tuple[DiffusionForcing, Batch]:
