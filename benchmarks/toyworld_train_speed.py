@@ -7,9 +7,9 @@ self-context, one more forward pass per step) through ``train``, as the training
 them: the batch rendered on the fly, AdamW, the EMA update. The first ``--warm`` steps (the
 compile, for the compiled runs) are left out of the step time; the last column is those steps
 in the first compiled run of each stage (the compile, from an empty cache if none was left in
-``/tmp/torchinductor_$USER``, as a fresh training run pays it). Eager and
-compiled runs alternate, ``--repeats`` times each, and the table gives the median: on a shared
-machine one run alone says little.
+``/tmp/torchinductor_$USER``, as a fresh training run pays it). Eager and compiled runs
+alternate, ``--repeats`` times each, and the table gives the median: on a shared machine one
+run alone says little.
 """
 
 from __future__ import annotations
