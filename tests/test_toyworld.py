@@ -323,8 +323,13 @@ def test_compiled_training_matches_eager_training():
     net, ema, losses = train(config)
     compiled_net, compiled_ema, compiled_losses = train(config, compile=True)
     np.testing.assert_allclose(compiled_losses, losses, rtol=1e-4)
+    # Adam moves every weight by about ``lr`` per step whatever its gradient's size, so float
+    # rounding in a near-zero gradient element changes that weight's step by a share of ``lr``
+    # (up to about 1 % of it here, at either learning rate tried), while math that differs
+    # moves weights by whole steps of ``lr``
+    atol = 0.02 * config.lr
     for name, value in ema.state_dict().items():
-        torch.testing.assert_close(compiled_ema.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(compiled_ema.state_dict()[name], value, atol=atol, rtol=1e-4)
     # the compiled module keeps its parameter names: its weights save and load as before
     assert compiled_net.model.state_dict().keys() == net.model.state_dict().keys()
 
@@ -486,12 +491,6 @@ def test_missing_weights_error_names_the_fix(tmp_path):
 
 
 @pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").exists(), reason="no shipped weights")
-@pytest.mark.xfail(
-    strict=True,
-    reason="known open defect (issue 6): the shipped toy model misses sprite colour at 21 "
-    "frames (12 prompts x 2 seeds: colour_error 0.12 > 0.1; count_error 0.18 passes); "
-    "strict, so a model that passes turns this red until the mark is removed",
-)
 def test_shipped_model_is_close_to_real_clips_at_the_training_horizon():
     """Samples of 21 frames (the trained horizon, full cache; 12 prompts x 2 seeds): every metric
     within 1.5x of real clips where they score above zero, within ABSOLUTE_TOLERANCE where they
