@@ -28,11 +28,10 @@ The shipped weights are two runs (2 CPU threads, 45 min in all)::
         --lr 5e-4 --warmup 50 --self-context 0.5 --random-start 0.3 --compile
 
 (the defaults are the first stage's: 1400 steps of 8 clips at a peak learning rate of 1.4e-3,
-seed 0). Each run writes
-``model.safetensors`` (the transformer, EMA weights), ``text_encoder.safetensors``,
-``config.json`` (preset, text encoder, training settings, seed, final loss, wall time, and the
-settings of the run it continued) and ``training_log.jsonl`` (mean loss every ``log_every``
-steps, with the wall time).
+seed 0). Each run writes ``model.safetensors`` (the transformer, EMA weights),
+``text_encoder.safetensors``, ``config.json`` (preset, text encoder, training settings, seed,
+final loss, wall time, and the settings of the run it continued) and ``training_log.jsonl``
+(mean loss every ``log_every`` steps, with the wall time).
 """
 
 from __future__ import annotations
