@@ -67,7 +67,7 @@ def test_every_group_matches_dense_attention_over_reported_tokens(small_config, 
     )
     cache = rollout_checked_against_dense_attention(model, policy, small_config, 30)
     memory = [g for g in cache.groups() if g.label == "memory"]
-    assert memory and all(len(g.rule.episodes) == 2 for g in memory)  # selection really ran
+    assert memory and all(len(g.episodes) == 2 for g in memory)  # selection really ran
     if positions == "relative":
         assert cache.max_position < 21
 
@@ -81,7 +81,7 @@ def test_memory_heads_without_episodes_keep_the_sink_and_the_working_memory(smal
     memory = [g for g in cache.groups() if g.label == "memory"]
     assert memory
     for group in memory:
-        assert group.rule.episodes == []
+        assert group.episodes == []
         assert group.frame_ids.unique().tolist() == [0, 1, 2, *range(30 - 12, 30)]
 
 
@@ -122,8 +122,8 @@ def test_2000_frames_bounded_in_range_and_within_budget(small_config):
     for group in cache.groups():
         frames = group.frame_ids.unique()
         if group.label == "memory":
-            assert len(group.rule.episodes) <= policy.max_episodes
-            assert all(e.token_ids.numel() <= budget for e in group.rule.episodes)
+            assert len(group.episodes) <= policy.max_episodes
+            assert all(e.token_ids.numel() <= budget for e in group.episodes)
             limit = (policy.sink_frames + policy.working_frames) * tokens_per_frame
             assert group.kept_tokens <= limit + policy.max_episodes * budget
         elif group.label == "local":
@@ -150,9 +150,10 @@ def test_planted_content_change_opens_a_new_episode(small_config):
             q = torch.randn(1, tokens, 4, small_config.head_dim, generator=generator)
             k = scene + 0.1 * torch.randn(1, tokens, 4, small_config.head_dim, generator=generator)
             cache.attend(layer, q, k, torch.randn_like(q), commit=True)
+        cache.end_chunk()
     for group in cache.groups():
         first_evicted = policy.sink_frames
-        assert group.rule.opened_at == [first_evicted, 999]
+        assert group.opened_at == [first_evicted, 999]
 
 
 def test_streams_past_the_rope_table(small_config):

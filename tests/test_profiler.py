@@ -15,11 +15,16 @@ LAYERS, HEADS = 6, 8
 
 
 class History:
-    """Stand-in for a head group holding every earlier frame (what the profiler reads)."""
+    """Stand-in for a head group holding every earlier frame and the chunk (what the profiler
+    reads: the keys attended, their frames, no mask)."""
 
-    def __init__(self, heads, first_frame):
+    def __init__(self, heads, first_frame, keys):
         self.heads = heads
-        self.frame_ids = torch.arange(first_frame).repeat_interleave(TOKENS)
+        self.keys = keys
+        self.frames = torch.arange(first_frame + 3).repeat_interleave(TOKENS)
+
+    def attended(self):
+        return self.keys, self.frames, None
 
 
 def planted_types(seed=0):
@@ -60,9 +65,9 @@ def run_profiler(types, seed=0):
         for layer in range(LAYERS):
             for head in range(HEADS):
                 q, keys = planted_qk(types[layer][head], chunk.first_frame, 3, generator)
-                group = History((head,), chunk.first_frame)
+                group = History((head,), chunk.first_frame, keys)
                 for commit in (False, False, True):
-                    profiler.observe(layer, group, q, keys, chunk, commit)
+                    profiler.observe(layer, group, q, chunk, commit)
     return profiler.stats()
 
 

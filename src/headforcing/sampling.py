@@ -119,4 +119,5 @@ def generate_chunks(
         # commit: the clean prediction at t = 0 writes the chunk's K/V
         at_zero = torch.zeros(batch, chunk.num_frames, device=device)
         model(x0, at_zero, context, cache.attention(commit=True))
+        cache.end_chunk()
         yield LatentChunk(chunk.first_frame, x0)

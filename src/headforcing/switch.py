@@ -110,9 +110,11 @@ class SwitchPlan:
 
 
 def _protected(group: HeadGroup, mode: str) -> torch.Tensor:
-    """``[N]`` bool: tokens the mode keeps whatever the re-run range (sink; head-aware: memory)."""
-    keep = group.frame_ids < group.rule.sink_frames
-    memory = group.rule.memory_tokens(group)
+    """``[capacity]`` bool: slots the mode keeps whatever the re-run range (sink; head-aware:
+    memory)."""
+    frames = group.slot_frames()
+    keep = (frames >= 0) & (frames < group.rule.sink_frames)
+    memory = group.memory_slots()
     if mode == "head-aware" and memory is not None:
         keep |= memory
     return keep
@@ -127,15 +129,16 @@ def plan_switch(cache: KVCache, mode: str) -> SwitchPlan:
     span = recache_span(cache)
     start = frame - (frame if span is None else min(span, frame))
     for group in cache.groups():
-        kept = group.frame_ids[_protected(group, mode)]
+        kept = group.slot_frames()[_protected(group, mode)]
         if kept.numel():
             start = max(start, int(kept.max()) + 1)
     return SwitchPlan(frame, min(start, frame), mode)
 
 
 def _keep_mask(group: HeadGroup, plan: SwitchPlan) -> torch.Tensor:
-    before = group.frame_ids < plan.rebuild_from
-    memory = group.rule.memory_tokens(group)
+    frames = group.slot_frames()
+    before = (frames >= 0) & (frames < plan.rebuild_from)
+    memory = group.memory_slots()
     if plan.mode == "recache" and memory is not None:
         before &= ~memory  # LongLive resets all but the sink: episodes go
     return before
@@ -176,7 +179,7 @@ class PromptSwitcher:
         """
         cache = self.cache
         for group in cache.groups():
-            group.rule.on_prompt_switch()
+            group.on_prompt_switch()
         plan = plan_switch(cache, self.mode)
         self.plans.append(plan)
         if plan.rebuilt_frames == 0:
@@ -193,4 +196,5 @@ class PromptSwitcher:
             clean = latents[:, :, first - plan.rebuild_from :][:, :, :count]
             timesteps = torch.zeros(clean.shape[0], count, device=clean.device)
             self.model(clean, timesteps, context, cache.attention(commit=True))
+            cache.end_chunk()
         return plan

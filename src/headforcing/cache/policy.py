@@ -1,9 +1,10 @@
 """What a cache policy is: which heads form groups, and what each group keeps.
 
 A policy is a small ``@dataclass`` (one per file in ``policies/``). For every layer it returns
-head groups, each a set of heads with a :class:`Retention` rule. After every committed chunk the
-rule says which stored tokens to keep; before every chunk it lays the kept tokens out on
-temporal positions.
+head groups, each a set of heads with a :class:`Retention`: the sink (first frames kept for
+ever), the recent frames kept before the chunk, an optional long-term memory between them (the
+episodic memory of Head Forcing's memory heads), and where the kept tokens sit in time. The
+engine (:mod:`headforcing.cache.kv`) turns a retention into fixed-capacity buffers on the device.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from headforcing.cache.kv import HeadGroup
+    from headforcing.cache.memory import EpisodicMemory
 
 POSITION_MODES = ("absolute", "relative")
 
@@ -27,80 +28,59 @@ def check_position_mode(mode: str) -> None:
 
 @dataclass(frozen=True)
 class Layout:
-    """Temporal positions for one chunk's attention.
+    """Temporal positions of one chunk's attention, as a report.
 
-    context: ``[N]`` position of every kept token; chunk: ``[F]`` position of every chunk frame.
+    context: ``[N]`` position of every kept token (ascending token id); chunk: ``[F]`` position of
+    every chunk frame.
     """
 
     context: torch.Tensor
     chunk: torch.Tensor
 
 
-def relative_layout(slots: torch.Tensor, chunk_frames: int) -> Layout:
-    """Distinct ``slots`` (ascending per token) on consecutive positions, the chunk after."""
-    if slots.numel() == 0:
-        return Layout(context=slots, chunk=torch.arange(chunk_frames))
-    changes = torch.ones_like(slots, dtype=torch.bool)
-    changes[1:] = slots[1:] != slots[:-1]
-    context = torch.cumsum(changes, 0) - 1
-    return Layout(context=context, chunk=torch.arange(chunk_frames) + int(context[-1]) + 1)
+@dataclass(frozen=True)
+class Retention:
+    """What one head group keeps.
 
-
-class Retention(ABC):
-    """The rule of one head group: what to keep and where to put it.
-
-    ``wants_importance``: the group then keeps, for every stored token, the attention mass that
-    sampled queries of committed chunks gave it (see ``KVCache``), for the rule to select by.
+    Parameters
+    ----------
+    sink_frames:
+        The first frames of the video, kept for ever.
+    recent_frames:
+        Frames kept right before the next chunk, besides the sink; ``None``: every frame
+        (``full``, the only unbounded retention).
+    memory:
+        Long-term memory fed with the frames that leave the recent frames (``None``: they are
+        dropped).
+    positions:
+        ``absolute``: every token at its own frame index (Self-Forcing). ``relative``: the kept
+        frames on consecutive temporal positions from 0 (sink, one slot per memory episode,
+        recent frames), the chunk right after them.
     """
 
-    positions: str = "absolute"
-    wants_importance: ClassVar[bool] = False
-    # the first frames of the video, kept for ever; a prompt switch keeps them too
     sink_frames: int = 0
-
-    @abstractmethod
-    def retain(self, group: HeadGroup, frames_done: int, chunk_frames: int) -> torch.Tensor | None:
-        """Indices (ascending) of the group's stored tokens to keep, or ``None`` to keep all.
-
-        Called right after a chunk was appended to ``group`` (``group.token_ids``,
-        ``group.frame_ids``, ``group.keys``, ``group.importance``); frames_done: frames generated
-        so far (the next chunk starts there); chunk_frames: frames per chunk.
-        """
-
-    def layout(self, group: HeadGroup, chunk_first: int, chunk_frames: int) -> Layout:
-        """Positions of the kept tokens and of the next chunk.
-
-        ``absolute``: every token at its own frame index (Self-Forcing). ``relative``: the kept
-        frames on consecutive positions from 0 in order, the chunk right after them.
-        """
-        frame_ids = group.frame_ids
-        if self.positions == "absolute":
-            return Layout(frame_ids, torch.arange(chunk_first, chunk_first + chunk_frames))
-        return relative_layout(frame_ids, chunk_frames)
-
-    # prompt switches (headforcing.switch): what a KV re-cache re-runs and what it keeps
+    recent_frames: int | None = 0
+    memory: EpisodicMemory | None = None
+    positions: str = "absolute"
 
     def attention_span(self, chunk_frames: int) -> int | None:
-        """Latent frames one chunk attends to, itself and the sink included (LongLive's
-        ``local_attn_size``): a KV re-cache re-runs that many. ``None``: unbounded (all)."""
-        return None
+        """Latent frames kept whole that one chunk attends to, itself and the sink included
+        (LongLive's ``local_attn_size``): a KV re-cache re-runs that many. ``None``: all."""
+        if self.recent_frames is None:
+            return None
+        return self.sink_frames + self.recent_frames + chunk_frames
 
-    def memory_tokens(self, group: HeadGroup) -> torch.Tensor | None:
-        """``[N]`` bool: stored tokens that are long-term memory (besides the sink and the
-        recent frames), which a head-aware prompt switch keeps. ``None``: there are none."""
-        return None
-
-    def forget(self, group: HeadGroup) -> None:  # noqa: B027 (optional hook)
-        """The cache dropped tokens of ``group`` outside :meth:`retain` (a KV re-cache):
-        bring the rule's own state in line with what ``group.token_ids`` still holds."""
-
-    def on_prompt_switch(self) -> None:  # noqa: B027 (optional hook)
-        """The prompt changes before the next chunk."""
+    def extent(self, chunk_frames: int) -> int | None:
+        """Temporal positions one chunk spans with relative positions, chunk included."""
+        span = self.attention_span(chunk_frames)
+        if span is None:
+            return None
+        return span + (self.memory.max_episodes if self.memory is not None else 0)
 
 
 @dataclass(frozen=True)
 class HeadGroupSpec:
-    """Heads of a layer that share one store and one rule; ``label`` names the head type."""
+    """Heads of a layer that share one store and one retention; ``label`` names the head type."""
 
     heads: tuple[int, ...]
     rule: Retention
@@ -108,7 +88,7 @@ class HeadGroupSpec:
 
 
 class CachePolicy(ABC):
-    """Splits every layer's heads into groups, each with a :class:`Retention` rule.
+    """Splits every layer's heads into groups, each with a :class:`Retention`.
 
     Subclasses are dataclasses with a ``name`` and validated parameters.
     """
@@ -122,14 +102,30 @@ class CachePolicy(ABC):
 
     @abstractmethod
     def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
-        """The head groups of ``layer``, each with a fresh rule (rules may hold state)."""
+        """The head groups of ``layer``."""
+
+    def head_order(self, num_layers: int, num_heads: int, chunk_frames: int) -> list[list[int]]:
+        """Per layer, the heads group after group: the model's heads are permuted to this order
+        once, so that every group's q/k/v/o are contiguous slices."""
+        return [
+            [
+                head
+                for spec in self.head_groups(layer, num_heads, chunk_frames)
+                for head in spec.heads
+            ]
+            for layer in range(num_layers)
+        ]
 
     def describe(self) -> str:
         return self.name
 
 
-class UniformPolicy(CachePolicy, Retention):
-    """A policy whose every head in every layer follows one rule: itself."""
+class UniformPolicy(CachePolicy):
+    """A policy whose every head in every layer keeps the same: :meth:`retention`."""
+
+    @abstractmethod
+    def retention(self, chunk_frames: int) -> Retention:
+        """The retention of every head."""
 
     def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
-        return [HeadGroupSpec(tuple(range(num_heads)), self)]
+        return [HeadGroupSpec(tuple(range(num_heads)), self.retention(chunk_frames))]

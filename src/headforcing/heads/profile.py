@@ -74,28 +74,21 @@ class HeadProfiler:
         return step in self.settings.chunks and (commit <= self.settings.include_commit)
 
     def observe(
-        self,
-        layer: int,
-        group: HeadGroup,
-        q: torch.Tensor,
-        keys: torch.Tensor,
-        chunk: ChunkInfo,
-        commit: bool,
+        self, layer: int, group: HeadGroup, q: torch.Tensor, chunk: ChunkInfo, commit: bool
     ) -> None:
         if not self.wants(chunk, commit):
             return
         settings = self.settings
-        key_frames = torch.cat([group.frame_ids, chunk.token_ids() // chunk.tokens_per_frame]).to(
-            keys.device
-        )
+        keys, key_frames, valid = group.attended()
         region = torch.full_like(key_frames, REGIONS.index("middle"))
         region[key_frames >= chunk.first_frame - settings.recent_frames] = REGIONS.index("recent")
         region[key_frames < settings.sink_frames] = REGIONS.index("sink")
         region[key_frames >= chunk.first_frame] = REGIONS.index("current")
-        probs = sampled_attention(q, keys, sample_rows(q.shape[2], settings.query_rows))
-        # probs: [B, Hg, R, N] -> mass per region: [Hg, 4]
+        rows = sample_rows(q.shape[2], settings.query_rows)
+        probs = sampled_attention(q, keys, rows, valid)
+        # probs: [B, Hg, R, N] -> mass per region: [Hg, 4] (empty slots have no mass)
         per_region = torch.zeros(*probs.shape[:3], len(REGIONS), device=probs.device)
-        per_region.scatter_add_(-1, region.expand(*probs.shape[:3], -1), probs)
+        per_region.scatter_add_(-1, region.long().expand(*probs.shape[:3], -1), probs)
         per_head = per_region.mean(dim=(0, 2)).double().cpu()
         heads = list(group.heads)
         self.mass[:, layer, heads] += per_head.T
@@ -143,9 +136,11 @@ def profile_heads(
     rule: str = "percentile",
     seed: int = 0,
     progress=None,
+    before_run: bool = False,
     **rule_params,
 ) -> HeadMap:
-    """Run one calibration rollout per prompt and classify the heads."""
+    """Run one calibration rollout per prompt and classify the heads (``before_run``: the
+    calibration a ``head_forcing`` run without a map makes first, recorded as such)."""
     from headforcing.cache.policies import WindowPolicy
 
     settings = settings or ProfileSettings()
@@ -173,6 +168,7 @@ def profile_heads(
             "frames": settings.frames,
             "token_grid": list(pipeline.token_grid),
             "seed": seed,
+            **({"before_run": True} if before_run else {}),
         },
         **rule_params,
     )

@@ -95,6 +95,20 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
+    @torch.no_grad()
+    def permute_heads(self, order: list[int]) -> None:
+        """Put head ``order[i]`` at position ``i`` of q/k/v/o, in place: the q/k RMS norms run
+        over all channels, so the permuted layer computes the same output."""
+        channels = torch.arange(self.q.out_features, device=self.q.weight.device)
+        index = channels.view(self.num_heads, -1)[torch.tensor(order, device=channels.device)]
+        index = index.flatten()
+        for linear in (self.q, self.k, self.v):
+            linear.weight.copy_(linear.weight[index])
+            linear.bias.copy_(linear.bias[index])
+        for norm in (self.norm_q, self.norm_k):
+            norm.weight.copy_(norm.weight[index])
+        self.o.weight.copy_(self.o.weight[:, index])
+
     def forward(self, x: torch.Tensor, layer: int, attention: SelfAttentionBackend):
         # x: [B, L, C] -> q, k, v: [B, L, H, D]
         q = self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1))
@@ -190,6 +204,8 @@ class WanModel(nn.Module):
         self.blocks = nn.ModuleList(WanBlock(config) for _ in range(config.num_layers))
         self.head = Head(config)
         self.rope = Rope3D(config.head_dim, config.rope_theta)
+        # per layer, the original head at every head position of self-attention's q/k/v/o
+        self.head_order = [list(range(config.num_heads)) for _ in range(config.num_layers)]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -204,6 +220,19 @@ class WanModel(nn.Module):
         for name, param in self.named_parameters():
             keep32 = any(part in self._FLOAT32_NAMES for part in name.split("."))
             param.data = param.data.to(torch.float32 if keep32 else dtype)
+        return self
+
+    def set_head_order(self, order: list[list[int]]) -> WanModel:
+        """Permute every layer's self-attention heads (weights, in place) so that original head
+        ``order[layer][i]`` sits at position ``i``: a cache policy's head groups become
+        contiguous slices, with no gather per pass. The model's output does not change."""
+        for layer, (block, wanted) in enumerate(zip(self.blocks, order, strict=True)):
+            current = self.head_order[layer]
+            if sorted(wanted) != list(range(self.config.num_heads)):
+                raise ValueError(f"layer {layer}: {wanted} is not an order of the heads")
+            if wanted != current:
+                block.self_attn.permute_heads([current.index(head) for head in wanted])
+                self.head_order[layer] = list(wanted)
         return self
 
     def encode_text(self, text: torch.Tensor) -> TextContext:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from headforcing.cache.policy import UniformPolicy, check_position_mode
+from headforcing.cache.policy import Retention, UniformPolicy, check_position_mode
 
 
 @dataclass
@@ -26,5 +26,5 @@ class FullPolicy(UniformPolicy):
     def __post_init__(self) -> None:
         check_position_mode(self.positions)
 
-    def retain(self, group, frames_done, chunk_frames):
-        return None
+    def retention(self, chunk_frames: int) -> Retention:
+        return Retention(recent_frames=None, positions=self.positions)

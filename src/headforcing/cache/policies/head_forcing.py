@@ -21,8 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 from headforcing.cache.memory import EpisodicMemory
-from headforcing.cache.policies.window import WindowPolicy
-from headforcing.cache.policy import CachePolicy, HeadGroupSpec, check_position_mode
+from headforcing.cache.policy import CachePolicy, HeadGroupSpec, Retention, check_position_mode
 from headforcing.heads.headmap import HEAD_TYPES, HeadMap
 
 
@@ -33,8 +32,10 @@ class HeadForcingPolicy(CachePolicy):
     Parameters
     ----------
     head_map:
-        Labels of every head. ``None``: one warm-up group that keeps the trained window until a
-        map is set (the pipeline profiles the first chunks online, then regroups).
+        Labels of every head. ``None`` until one is set (:meth:`with_head_map`): a pipeline run
+        without a map profiles one in a short calibration rollout before the video starts
+        (:meth:`headforcing.pipeline.Pipeline.stream`), so every head type keeps what it should
+        from the first chunk on.
     local_frames:
         Frames local heads keep before the chunk.
     sink_frames:
@@ -44,9 +45,6 @@ class HeadForcingPolicy(CachePolicy):
     working_frames, max_episodes, episode_frames, novelty_threshold, episode_span_frames,
     importance_decay:
         Memory heads, see :class:`~headforcing.cache.memory.EpisodicMemory`.
-    warmup_frames:
-        Frames (chunk included) every head keeps while no head map is set: the trained range,
-        so that online profiling sees the whole history.
     positions:
         ``relative`` (head-wise re-encoding) or ``absolute`` (every token at its own frame).
     """
@@ -62,7 +60,6 @@ class HeadForcingPolicy(CachePolicy):
     novelty_threshold: float = 0.1
     episode_span_frames: int = 9
     importance_decay: float = 0.9
-    warmup_frames: int = 21
     positions: str = "relative"
 
     def __post_init__(self) -> None:
@@ -78,8 +75,8 @@ class HeadForcingPolicy(CachePolicy):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.episode_span_frames < 1:
             raise ValueError(f"episode_span_frames must be >= 1, got {self.episode_span_frames}")
-        if not self.episode_frames > 0:
-            raise ValueError(f"episode_frames must be > 0, got {self.episode_frames}")
+        if not 0 < self.episode_frames <= 1:
+            raise ValueError(f"episode_frames must lie in (0, 1], got {self.episode_frames}")
         if not 0 <= self.novelty_threshold <= 2:
             raise ValueError(f"novelty_threshold must lie in [0, 2], got {self.novelty_threshold}")
         if not 0 < self.importance_decay <= 1:
@@ -90,19 +87,12 @@ class HeadForcingPolicy(CachePolicy):
 
     def extents(self, chunk_frames: int) -> dict[str, int]:
         """Temporal slots each head type spans with relative positions, the chunk included."""
-        return {
-            "local": self.local_frames + chunk_frames,
-            "anchor": self.sink_frames + self.anchor_recent_frames + chunk_frames,
-            "memory": self._memory_rule().extent(chunk_frames),
-        }
+        return {label: self.rule_for(label).extent(chunk_frames) for label in HEAD_TYPES}
 
     def check(self, chunk_frames: int, trained_frames: int) -> None:
         if self.positions != "relative":
             return
-        extents = self.extents(chunk_frames)
-        if self.head_map is None:
-            extents["warm-up"] = self.warmup_frames
-        for label, extent in extents.items():
+        for label, extent in self.extents(chunk_frames).items():
             if extent > trained_frames:
                 raise ValueError(
                     f"{label} heads would span {extent} temporal positions (chunk of "
@@ -112,35 +102,33 @@ class HeadForcingPolicy(CachePolicy):
 
     def _memory_rule(self) -> EpisodicMemory:
         return EpisodicMemory(
-            sink_frames=self.sink_frames,
-            working_frames=self.working_frames,
             max_episodes=self.max_episodes,
             episode_frames=self.episode_frames,
             novelty_threshold=self.novelty_threshold,
             episode_span_frames=self.episode_span_frames,
             importance_decay=self.importance_decay,
-            positions=self.positions,
         )
 
-    def rule_for(self, label: str, chunk_frames: int):
-        """A fresh rule object for one group of ``label`` heads (memory rules hold state)."""
+    def rule_for(self, label: str) -> Retention:
+        """The retention of ``label`` heads."""
         if label == "local":
-            return WindowPolicy(self.local_frames + chunk_frames, 0, self.positions)
+            return Retention(0, self.local_frames, positions=self.positions)
         if label == "anchor":
-            window = self.sink_frames + self.anchor_recent_frames + chunk_frames
-            return WindowPolicy(window, self.sink_frames, self.positions)
-        return self._memory_rule()
+            return Retention(self.sink_frames, self.anchor_recent_frames, positions=self.positions)
+        memory = self._memory_rule() if self.max_episodes else None
+        return Retention(self.sink_frames, self.working_frames, memory, self.positions)
 
     def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
         if self.head_map is None:
-            # warm-up: every head keeps what the trained window holds, until a map is set
-            warmup = WindowPolicy(max(self.warmup_frames, chunk_frames), 0, self.positions)
-            return [HeadGroupSpec(tuple(range(num_heads)), warmup, "warmup")]
+            raise ValueError(
+                "head_forcing needs a head map: pass --head-map, run `headforcing profile`, or "
+                "let `generate` profile one before the run"
+            )
         specs = []
         for label in HEAD_TYPES:
             heads = self.head_map.heads_of(layer, label)
             if heads:
-                specs.append(HeadGroupSpec(heads, self.rule_for(label, chunk_frames), label))
+                specs.append(HeadGroupSpec(heads, self.rule_for(label), label))
         return specs
 
     def describe(self) -> str:

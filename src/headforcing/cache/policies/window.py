@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import torch
-
-from headforcing.cache.policy import UniformPolicy, check_position_mode
+from headforcing.cache.policy import Retention, UniformPolicy, check_position_mode
 
 
 @dataclass
@@ -61,15 +59,10 @@ class WindowPolicy(UniformPolicy):
                 f"{self.window_frames - chunk_frames} or a larger window"
             )
 
-    def retain(self, group, frames_done: int, chunk_frames: int) -> torch.Tensor:
+    def retention(self, chunk_frames: int) -> Retention:
         # the next chunk brings chunk_frames of its own; the sink and the most recent fill the rest
         recent_frames = self.window_frames - self.sink_frames - chunk_frames
-        frame_ids = group.frame_ids
-        keep = (frame_ids < self.sink_frames) | (frame_ids >= frames_done - recent_frames)
-        return keep.nonzero().squeeze(1)
-
-    def attention_span(self, chunk_frames: int) -> int:
-        return self.window_frames
+        return Retention(self.sink_frames, recent_frames, positions=self.positions)
 
     def describe(self) -> str:
         return f"{self.name}(window={self.window_frames}, sink={self.sink_frames})"
