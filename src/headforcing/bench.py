@@ -1,21 +1,27 @@
-"""Speed and memory of the cache policies: ms per DiT pass, frames/s and K/V bytes by video length.
+"""Speed and memory of the cache policies: ms per chunk, frames/s, K/V bytes and host reads by
+video length.
 
 To measure chunk k of a long video without generating the k - 1 chunks before it, the cache is
 fast-forwarded through its own API: every earlier chunk is committed layer by layer with random
 q/k/v (real attention, real commits, no MLPs), so the policy holds exactly what it would hold.
-Timing then covers whole chunks at that length: the re-layout, four denoising passes and the
-commit pass, with random weights (speed does not depend on their values).
+Timing then covers whole chunks at that length: ``begin_chunk``, four denoising passes, the
+commit pass and ``end_chunk``, with random weights (speed does not depend on their values). One
+more chunk runs under :class:`~headforcing.hostsync.HostSyncCounter` (untimed: the counter
+slows every call) for the host reads per chunk.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from headforcing.cache import CachePolicy, KVCache
+from headforcing.hostsync import HostSyncCounter
 from headforcing.pipeline import Pipeline
 
 
@@ -28,21 +34,25 @@ class BenchRow:
     ms_per_pass: float
     ms_per_chunk: float
     frames_per_second: float
-    kv_megabytes: float
+    kv_bytes: int
+    syncs_per_chunk: int = 0
     peak_gib: float | None = None  # CUDA only: peak allocated memory while timing
     note: str = ""
+
+    @property
+    def kv_megabytes(self) -> float:
+        return self.kv_bytes / 2**20
 
 
 def fast_forward(cache: KVCache, num_frames: int, num_heads: int, head_dim: int) -> None:
     """Commit random chunks until ``num_frames`` frames are in the cache."""
-    batch = cache.layers[0][0].keys.shape[0]
-    device, dtype = cache.layers[0][0].keys.device, cache.layers[0][0].keys.dtype
     while cache.frames_done < num_frames:
         chunk = cache.begin_chunk(min(cache.chunk_frames, num_frames - cache.frames_done))
-        shape = (batch, chunk.num_tokens, num_heads, head_dim)
+        shape = (cache.batch, chunk.num_tokens, num_heads, head_dim)
         for layer in range(len(cache.layers)):
-            q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+            q, k, v = (torch.randn(shape, device=cache.device, dtype=cache.dtype) for _ in range(3))
             cache.attend(layer, q, k, v, commit=True)
+        cache.end_chunk()
 
 
 def _sync(device: torch.device) -> None:
@@ -62,12 +72,12 @@ def bench_policy(
     pipeline: Pipeline, policy: CachePolicy, seconds: float, timed_chunks: int = 2
 ) -> BenchRow:
     """Time ``timed_chunks`` chunks after fast-forwarding to ``seconds`` of video."""
-    model, device = pipeline.model, pipeline.model.device
+    model, device, runner = pipeline.model, pipeline.model.device, pipeline.runner
     config = model.config
     frames = pipeline.latent_frames(seconds)
     chunk_frames = pipeline.preset.video.chunk_frames
     cache = pipeline.new_cache(policy)
-    start_frame = max(0, frames - (timed_chunks + 1) * chunk_frames)
+    start_frame = max(0, frames - (timed_chunks + 2) * chunk_frames)
     context = model.encode_text(
         torch.zeros(1, config.text_len, config.text_dim, device=device, dtype=model.dtype)
     )
@@ -80,12 +90,13 @@ def bench_policy(
         cache.begin_chunk(chunk_frames)
         _sync(device)
         began = time.perf_counter()
-        model(x, t, context, cache.attention())
+        runner(x, t, context, cache.attention())
         _sync(device)
         pass_ms = 1000 * (time.perf_counter() - began)
         for _ in range(3):
-            model(x, t, context, cache.attention())
-        model(x, t * 0, context, cache.attention(commit=True))
+            runner(x, t, context, cache.attention())
+        runner(x, t * 0, context, cache.attention(commit=True))
+        cache.end_chunk()
         return pass_ms
 
     with torch.inference_mode():
@@ -93,6 +104,8 @@ def bench_policy(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         run_chunk()  # warm-up
+        with HostSyncCounter() as counter:
+            run_chunk()
         _sync(device)
         pass_times, began = [], time.perf_counter()
         for _ in range(timed_chunks):
@@ -110,7 +123,8 @@ def bench_policy(
         ms_per_pass=sorted(pass_times)[len(pass_times) // 2],
         ms_per_chunk=chunk_ms,
         frames_per_second=chunk_frames * pipeline.preset.video.vae_stride[0] / (chunk_ms / 1000),
-        kv_megabytes=cache.bytes_held() / 2**20,
+        kv_bytes=cache.bytes_held(),
+        syncs_per_chunk=counter.count,
         peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     )
 
@@ -180,11 +194,21 @@ def bench_decode(pipeline: Pipeline, timed_chunks: int = 2) -> float:
     return 1000 * (time.perf_counter() - began) / timed_chunks
 
 
+def write_json(rows: list[BenchRow], path: str | Path, **header) -> Path:
+    """The rows as JSON: ``{"header": {...}, "rows": [{policy, seconds, latent_frames,
+    ms_per_chunk, kv_bytes, syncs_per_chunk, ...}]}``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"header": header, "rows": [asdict(row) for row in rows]}, indent=1))
+    return path
+
+
 def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frames: int) -> str:
     """Markdown table; ``decode_ms`` per chunk of ``pixel_frames`` frames gives end to end."""
     columns = [
         "policy", "video s", "latent frames", "context frames/head", "ms/pass", "ms/chunk",
-        "frames/s DiT", "frames/s DiT+decode", "K/V MiB", "peak GiB", "note",
+        "frames/s DiT", "frames/s DiT+decode serial", "frames/s decode beside",
+        "K/V MiB", "host reads/chunk", "peak GiB", "note",
     ]  # fmt: skip
     lines = [
         f"### {title}",
@@ -199,15 +223,18 @@ def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frame
         if row.note:
             cells += ["-"] * (len(columns) - 4) + [row.note]
         else:
-            end_to_end = pixel_frames / ((row.ms_per_chunk + decode_ms) / 1000)
+            serial = pixel_frames / ((row.ms_per_chunk + decode_ms) / 1000)
+            beside = pixel_frames / (max(row.ms_per_chunk, decode_ms) / 1000)
             peak = "-" if row.peak_gib is None else f"{row.peak_gib:.1f}"
             cells += [
                 f"{row.context_frames:.1f}",
                 f"{row.ms_per_pass:.1f}",
                 f"{row.ms_per_chunk:.1f}",
                 f"{row.frames_per_second:.1f}",
-                f"{end_to_end:.1f}",
+                f"{serial:.1f}",
+                f"{beside:.1f}",
                 f"{row.kv_megabytes:.1f}",
+                str(row.syncs_per_chunk),
                 peak,
                 "",
             ]

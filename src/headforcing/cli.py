@@ -46,7 +46,11 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
         "lays the kept frames out on consecutive positions so none leaves the trained range",
     )
     heads = parser.add_argument_group("head_forcing (docs/head-forcing.md)")
-    heads.add_argument("--head-map", type=Path, help="head map JSON (default: stored or online)")
+    heads.add_argument(
+        "--head-map",
+        type=Path,
+        help="head map JSON (default: stored, else profiled before the run)",
+    )
     heads.add_argument("--local-frames", type=int, help="frames local heads keep")
     heads.add_argument("--anchor-recent-frames", type=int, help="recent frames of anchor heads")
     heads.add_argument("--working-frames", type=int, help="working memory of memory heads")
@@ -78,8 +82,8 @@ def policy_from_args(args: argparse.Namespace):
 
 def attach_head_map(policy, args: argparse.Namespace, pipeline):
     """A head_forcing policy gets --head-map, else the map stored for these weights, else the
-    one that came with them (the toy model's), else none (then the run profiles online and
-    stores the map)."""
+    one that came with them (the toy model's), else none (then the run profiles one in a
+    calibration rollout before the video and stores it)."""
     from headforcing.cache.policies import HeadForcingPolicy
     from headforcing.heads.headmap import HeadMap
     from headforcing.heads.store import load_stored_map, stored_map_path
@@ -97,7 +101,7 @@ def attach_head_map(policy, args: argparse.Namespace, pipeline):
         if head_map is None and pipeline.head_map is not None:
             head_map, source = pipeline.head_map, "shipped with the weights"
         if head_map is None:
-            return policy, "profiled online during chunks 3-6"
+            return policy, "profiled in a calibration rollout before the run"
     head_map.check(pipeline.preset.name, config.num_layers, config.num_heads)
     return policy.with_head_map(head_map), source
 

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
 
 from headforcing.cache import CachePolicy, KVCache
+from headforcing.cache.kv import contiguous_groups
 from headforcing.cache.policies import HeadForcingPolicy
 from headforcing.heads.headmap import HeadMap
-from headforcing.heads.profile import HeadProfiler, ProfileSettings
 from headforcing.io.decoders import LatentDecoder, PreviewDecoder
 from headforcing.io.text import HashedTextEncoder, TextEncoder
 from headforcing.model import Preset, WanModel, get_preset
@@ -25,11 +27,6 @@ from headforcing.schedule import PromptSchedule, PromptSource
 from headforcing.switch import PromptSwitcher
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
-
-# Online profiling of a head_forcing run without a head map: chunks 3-6 (frames 9-20, inside
-# the trained window, where the warm-up group keeps everything), 64 query rows per pass,
-# denoising passes; then the percentile rule. The map is fixed from chunk 7 on.
-ONLINE_PROFILE = ProfileSettings()
 
 
 @dataclass(frozen=True)
@@ -89,7 +86,7 @@ class Pipeline:
         Names the weights (a checkpoint fingerprint): head maps are stored under it.
     head_map:
         A head map that comes with the weights (the toy model ships one): ``head_forcing`` runs
-        use it when no map is given or stored, instead of profiling online.
+        use it when no map is given or stored, instead of profiling one before the run.
     """
 
     def __init__(
@@ -116,6 +113,7 @@ class Pipeline:
         check_size(self.height, self.width)
         video = preset.video
         self.schedule = schedule or FlowSchedule(video.sampler_steps, video.sampler_shift)
+        self.runner: Callable[..., torch.Tensor] = model  # the passes: the model or compiled
 
     @classmethod
     def with_standins(
@@ -162,16 +160,39 @@ class Pipeline:
         _, patch_h, patch_w = self.preset.model.patch_size
         return height // patch_h, width // patch_w
 
+    def compile(self) -> Pipeline:
+        """Run the denoising and commit passes through ``torch.compile`` (the transformer
+        block with attention through the cache; profiling passes stay eager)."""
+        self.runner = torch.compile(self.model)
+        return self
+
     def new_cache(self, policy: CachePolicy) -> KVCache:
+        """A cache for ``policy``; the model's heads are permuted once (if needed) so that every
+        head group is a contiguous slice."""
+        config, chunk_frames = self.preset.model, self.preset.video.chunk_frames
+        if not contiguous_groups(policy, config, chunk_frames, self.model.head_order):
+            order = policy.head_order(config.num_layers, config.num_heads, chunk_frames)
+            self.model.set_head_order(order)
         return KVCache(
             policy,
-            self.preset.model,
+            config,
             *self.token_grid,
-            self.preset.video.chunk_frames,
+            chunk_frames,
             self.preset.video.trained_frames,
             device=self.model.device,
             dtype=self.model.dtype,
+            head_order=self.model.head_order,
         )
+
+    def calibrate(self, prompt: str | PromptSource, seed: int = 0) -> HeadMap:
+        """Profile the heads in one short rollout of the first prompt (the trained window,
+        chunks 3-6, :class:`~headforcing.heads.profile.ProfileSettings`), for a
+        ``head_forcing`` run that has no head map. Its noise comes from its own generator: the
+        video that follows is the same as with that map given."""
+        from headforcing.heads.profile import profile_heads
+
+        first = prompt if isinstance(prompt, str) else prompt.prompt_at(0)
+        return profile_heads(self, [first], seed=seed, before_run=True)
 
     def generate_latents(
         self,
@@ -213,8 +234,9 @@ class Pipeline:
                         switcher.apply(context)
                     text = asked
                 end = min(cache.frames_done + cache.chunk_frames, num_frames)
+                runner = self.model if cache.observers else self.runner
                 for chunk in generate_chunks(
-                    self.model, cache, context, end, self.latent_shape, generator, self.schedule
+                    runner, cache, context, end, self.latent_shape, generator, self.schedule
                 ):
                     switcher.remember(chunk)
                     yield replace(chunk, prompt=text)
@@ -232,47 +254,49 @@ class Pipeline:
 
         ``prompt`` and ``switch``: one prompt or a prompt source, see :meth:`generate_latents`.
 
-        A ``head_forcing`` policy without a head map profiles the heads online during the
-        first chunks (:data:`ONLINE_PROFILE`), then fixes the map, regroups the cache and hands
-        the map to ``on_head_map`` (to save it for later runs).
+        A ``head_forcing`` policy without a head map first profiles the heads in a short
+        calibration rollout (:meth:`calibrate`) and hands the map to ``on_head_map`` (to store
+        it for later runs): every head type keeps its own tokens from the first chunk on, and a
+        later run with the stored map makes the same video.
+
+        Decoding runs in a worker thread (on CUDA, on its own stream) one chunk behind the
+        generation: the DiT makes chunk ``n + 1`` while chunk ``n`` is decoded.
         """
         # prepare input
-        cache = self.new_cache(policy)
-        profiler = None
         if isinstance(policy, HeadForcingPolicy) and policy.head_map is None:
-            config = self.model.config
-            chunk_frames = self.preset.video.chunk_frames
-            profiler = HeadProfiler(
-                config.num_layers, config.num_heads, chunk_frames, ONLINE_PROFILE
-            )
-            cache.observers.append(profiler)
-            profiled_frames = (max(ONLINE_PROFILE.chunks) + 1) * chunk_frames
+            head_map = self.calibrate(prompt, seed)
+            if on_head_map is not None:
+                on_head_map(head_map)
+            policy = policy.with_head_map(head_map)
+        cache = self.new_cache(policy)
         self.decoder.reset()
-        prompts_seen: list[str] = []
-        # denoise chunk by chunk, then decode each chunk as it is done
-        for chunk in self.generate_latents(prompt, num_frames, cache, seed, switch):
-            if chunk.prompt not in prompts_seen:
-                prompts_seen.append(chunk.prompt)
-            if profiler is not None and cache.frames_done >= profiled_frames:
-                calibration = {
-                    "online": True,
-                    "prompts": prompts_seen,
-                    "token_grid": list(self.token_grid),
-                    "seed": seed,
-                }
-                head_map = profiler.head_map(self.preset.name, calibration=calibration)
-                cache.observers.remove(profiler)
-                cache.regroup(policy.with_head_map(head_map))
-                profiler = None
-                if on_head_map is not None:
-                    on_head_map(head_map)
-            with torch.inference_mode():
+        device = self.model.device
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+        def decode(chunk: LatentChunk, ready, kv_bytes: int, max_position) -> VideoChunk:
+            with torch.inference_mode(), torch.cuda.stream(side) if side else nullcontext():
+                if side is not None:
+                    side.wait_event(ready)
+                    chunk.latents.record_stream(side)
                 frames = self.decoder.decode_chunk(chunk.latents)
-            yield VideoChunk(
-                chunk.first_frame,
-                chunk.latents,
-                frames,
-                cache.bytes_held(),
-                cache.max_position,
-                chunk.prompt,
+                position = int(max_position)
+            return VideoChunk(
+                chunk.first_frame, chunk.latents, frames, kv_bytes, position, chunk.prompt
             )
+
+        # denoise chunk by chunk; decode each finished chunk beside the next one
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as worker:
+            pending = None
+            for chunk in self.generate_latents(prompt, num_frames, cache, seed, switch):
+                ready = None
+                if side is not None:
+                    ready = torch.cuda.Event()
+                    ready.record()
+                decoded = worker.submit(
+                    decode, chunk, ready, cache.bytes_held(), cache.position_record
+                )
+                if pending is not None:
+                    yield pending.result()
+                pending = decoded
+            if pending is not None:
+                yield pending.result()

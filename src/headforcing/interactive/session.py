@@ -87,7 +87,7 @@ class LiveSession:
     keep_frames:
         Newest pixel frames held for the page.
     on_head_map:
-        Called with a head map profiled online during the run.
+        Called with the head map a run without one profiles before it starts.
     check_prompt:
         Raises ``ValueError`` for a prompt the model cannot use (the first one and every one the
         page sends; the page shows the message).
@@ -115,7 +115,7 @@ class LiveSession:
         self.prompt = LivePrompt(prompt)
         self.num_frames, self.out, self.seed, self.switch = num_frames, Path(out), seed, switch
         self.pace = pace
-        self.on_head_map = on_head_map  # a head map profiled online during the run
+        self.on_head_map = on_head_map  # a head map profiled before the run
         video = pipeline.preset.video
         self.fps = video.fps
         self.chunk_seconds = video.chunk_frames * video.vae_stride[0] / video.fps

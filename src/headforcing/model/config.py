@@ -144,6 +144,31 @@ register(
 )
 
 
+# Wan2.1-1.3B's cost shape at a size a CPU times in minutes (``headforcing bench``): heads of
+# 128 channels, as many tokens per frame as channels (Wan: 1560 tokens, dim 1536), an FFN of
+# 5.83x the width and text of a third of a frame's tokens (Wan: 8960, 512), so that attention
+# over a 21-frame context is about two thirds of a pass, as on Wan (REFERENCE.md section 4).
+register(
+    Preset(
+        name="cpu-bench",
+        model=WanConfig(
+            dim=384,
+            ffn_dim=2240,
+            freq_dim=256,
+            text_dim=64,
+            text_len=128,
+            num_heads=3,
+            num_layers=2,
+        ),
+        video=VideoConfig(height=256, width=384),  # 16 x 24 = 384 tokens per latent frame
+        description="random-weight model with Wan2.1-1.3B's attention-to-linear cost ratio "
+        "at CPU size (benchmarks)",
+        has_text_encoder=False,
+        has_vae=False,
+    )
+)
+
+
 def get_preset(name: str) -> Preset:
     """Look a preset up by name, with an error that lists the valid names."""
     try:
