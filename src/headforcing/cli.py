@@ -415,6 +415,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     head_map = head_map_from_args(args, policy)
     check_memory(args, policy, num_frames, device, dtype)
+    print("loading the model", file=sys.stderr, flush=True)
     pipeline = build_pipeline(args)
     check_toy_prompts(pipeline, prompts)
     policy, head_map_source = attach_head_map(policy, head_map, pipeline)

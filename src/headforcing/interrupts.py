@@ -29,7 +29,11 @@ def exit_code(stop: BaseException) -> int:
     return 128 + getattr(stop, "signum", signal.SIGINT)
 
 
+_received: list[int] = []  # stop signals taken by the handlers below (main thread only)
+
+
 def _raise_interrupted(signum: int, frame) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
 
 
@@ -38,7 +42,9 @@ def stop_signals() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` for the block (main thread only).
 
     A signal the parent set to be ignored (``nohup``, a shell's background job) stays ignored.
-    The previous handlers come back after the block.
+    The previous handlers come back after the block, unless a stop signal came during it:
+    then the process is on its way out, and a late second Ctrl-C is ignored rather than let
+    kill it (and change its exit status) after the video was closed.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -48,11 +54,12 @@ def stop_signals() -> Iterator[None]:
         handler = signal.getsignal(signum)
         if handler is not signal.SIG_IGN:
             previous[signum] = signal.signal(signum, _raise_interrupted)
+    _received.clear()
     try:
         yield
     finally:
         for signum, handler in previous.items():
-            _restore(signum, handler)
+            _restore(signum, signal.SIG_IGN if _received else handler)
 
 
 @contextmanager
@@ -77,6 +84,7 @@ def deferred_interrupt() -> Iterator[None]:
         for signum, handler in previous.items():
             _restore(signum, handler)
     if arrived:
+        _received.extend(arrived)
         raise Interrupted(arrived[0])
 
 
