@@ -275,7 +275,7 @@ def _number(value, where: str, key: str, integer: bool = False):
     if not wrong and not integer:  # a huge JSON integer is no float: refuse it, not overflow
         wrong = not (isinstance(value, float) or abs(value) <= MAX_SECONDS)
     if wrong or value < 0 or (not integer and not (math.isfinite(value) and value <= MAX_SECONDS)):
-        kind = "an integer >= 0" if integer else f"a number in [0, {MAX_SECONDS:g}]"
+        kind = "an integer >= 0" if integer else f"a number >= 0 (at most {MAX_SECONDS:g})"
         shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
         raise ValueError(f'{where}: "{key}" must be {kind}, got {shown}')
     return value
