@@ -1,8 +1,14 @@
-"""The ``headforcing`` command line: thin, typed, stage by stage."""
+"""The ``headforcing`` command line: thin, typed, stage by stage.
+
+Everything a user gives is checked before any model loads; a bad input ends the run with one
+line on stderr that names the argument or file and the fix, and exit status 2. A run stopped by
+SIGINT (Ctrl-C) or SIGTERM keeps what it wrote and exits with 130 or 143.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -14,14 +20,33 @@ from headforcing.model.config import PRESETS, get_preset
 from headforcing.switch import SWITCH_MODES
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_SEED = 2**63 - 1
+# ~12 days of video at 16 fps: beyond any run, and far from integer overflow in positions
+MAX_LATENT_FRAMES = 2**22
 
 
-def resolve_device(name: str) -> torch.device:
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def resolve_device(name: str, option: str = "--device") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available; use --device cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{option} {name!r} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {name}: no CUDA device is available; use {option} cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"{option} {name}: there are {count} CUDA devices (cuda:0..)")
     return device
 
 
@@ -80,22 +105,33 @@ def policy_from_args(args: argparse.Namespace):
     )
 
 
-def attach_head_map(policy, args: argparse.Namespace, pipeline):
-    """A head_forcing policy gets --head-map, else the map stored for these weights, else the
-    one that came with them (the toy model's), else none (then the run profiles one in a
-    calibration rollout before the video and stores it)."""
+def head_map_from_args(args: argparse.Namespace, policy):
+    """``--head-map``, read and checked against the preset's shape before any model loads."""
     from headforcing.cache.policies import HeadForcingPolicy
     from headforcing.heads.headmap import HeadMap
+
+    if args.head_map is None:
+        return None
+    if not isinstance(policy, HeadForcingPolicy):
+        raise ValueError(f"--head-map is for --policy head_forcing, not {policy.name}")
+    head_map = HeadMap.load(args.head_map)
+    preset = get_preset(args.preset or default_preset(args))
+    head_map.check(preset.name, preset.model.num_layers, preset.model.num_heads)
+    return head_map
+
+
+def attach_head_map(policy, head_map, pipeline):
+    """A head_forcing policy gets ``head_map`` (from --head-map), else the map stored for these
+    weights, else the one that came with them (the toy model's), else none (then the run
+    profiles one in a calibration rollout before the video and stores it)."""
+    from headforcing.cache.policies import HeadForcingPolicy
     from headforcing.heads.store import load_stored_map, stored_map_path
 
     config = pipeline.model.config
     if not isinstance(policy, HeadForcingPolicy):
-        if args.head_map is not None:
-            raise ValueError(f"--head-map is for --policy head_forcing, not {policy.name}")
         return policy, "-"
-    if args.head_map is not None:
-        head_map, source = HeadMap.load(args.head_map), str(args.head_map)
-    else:
+    source = "--head-map"
+    if head_map is None:
         head_map = load_stored_map(pipeline.preset.name, pipeline.weights_id)
         source = str(stored_map_path(pipeline.preset.name, pipeline.weights_id))
         if head_map is None and pipeline.head_map is not None:
@@ -104,6 +140,87 @@ def attach_head_map(policy, args: argparse.Namespace, pipeline):
             return policy, "profiled in a calibration rollout before the run"
     head_map.check(pipeline.preset.name, config.num_layers, config.num_heads)
     return policy.with_head_map(head_map), source
+
+
+def check_run_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
+    """Seed, frame size, weights and devices, checked before anything loads; the device and
+    dtype."""
+    from headforcing.pipeline import check_size
+
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed {seed} is out of range; give an integer in 0..2**63-1")
+    video = get_preset(args.preset or default_preset(args)).video
+    height = video.height if args.height is None else args.height
+    width = video.width if args.width is None else args.width
+    try:
+        check_size(height, width)
+    except ValueError as error:
+        raise ValueError(f"--{error}") from None
+    check_weights_given(args)
+    if getattr(args, "model", None):
+        from headforcing.io.wan_files import RealFiles
+
+        RealFiles(  # names a missing or misplaced file now, not after a minute of loading
+            model=args.model,
+            checkpoint=args.checkpoint,
+            wan_dir=args.wan_dir,
+            diffusers_dir=args.diffusers_dir,
+            lora=args.lora,
+            lora_alpha=args.lora_alpha,
+            use_ema=not args.no_ema,
+        )
+    if getattr(args, "text_device", None):
+        resolve_device(args.text_device, "--text-device")
+    device = resolve_device(args.device)
+    return device, resolve_dtype(args.dtype, device)
+
+
+def length_from_args(args: argparse.Namespace) -> int:
+    """Latent frames of the run, from --frames or --seconds, within 1..MAX_LATENT_FRAMES."""
+    from headforcing.pipeline import latent_frames_for_seconds
+
+    if args.frames is not None:
+        if not 1 <= args.frames <= MAX_LATENT_FRAMES:
+            raise ValueError(
+                f"--frames must be >= 1 latent frame and at most {MAX_LATENT_FRAMES}, "
+                f"got {args.frames}"
+            )
+        return args.frames
+    video = get_preset(args.preset or default_preset(args)).video
+    stride = video.vae_stride[0]
+    longest = (MAX_LATENT_FRAMES - 1) * stride / video.fps
+    if not (math.isfinite(args.seconds) and 0 < args.seconds <= longest):
+        raise ValueError(
+            f"--seconds {args.seconds:g}: give a finite length > 0 and at most {longest:.0f} s, "
+            "e.g. --seconds 60"
+        )
+    return latent_frames_for_seconds(args.seconds, video.fps, stride)
+
+
+def check_memory(args: argparse.Namespace, policy, num_frames: int, device, dtype) -> None:
+    """Refuse a frame size and cache that cannot fit the device (headforcing.resources)."""
+    from headforcing.resources import check_fits, estimate_memory
+
+    preset = get_preset(args.preset or default_preset(args))
+    video = preset.video
+    height = args.height or video.height
+    width = args.width or video.width
+    span = getattr(policy, "attention_span", None)
+    held = span(video.chunk_frames) if span is not None else None
+    if held is None:  # full keeps everything; head_forcing's budget is about the trained range
+        held = num_frames if policy.name == "full" else video.trained_frames
+    estimate = estimate_memory(preset, height, width, dtype, min(held, num_frames))
+    check_fits(estimate, device, f"{width}x{height} frames with --policy {policy.name}")
+
+
+def check_prompt_text(text: str, where: str) -> str:
+    """Refuse text that is not valid Unicode (undecodable bytes in argv become surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where} is not valid UTF-8 text; give the prompt in UTF-8") from None
+    return text
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,15 +298,22 @@ def build_pipeline(args: argparse.Namespace):
         return Pipeline(preset, *parts, height=args.height, width=args.width, weights_id=weights_id)
     if preset.name == "toy" and not args.random_weights:
         return toy_pipeline(args, device, dtype)
-    standins = not (preset.has_text_encoder or preset.has_vae)
-    if not (standins or args.random_weights):
+    check_weights_given(args)
+    return Pipeline.with_standins(
+        preset.name, device=device, dtype=dtype, height=args.height, width=args.width
+    )
+
+
+def check_weights_given(args: argparse.Namespace) -> None:
+    """A preset with a text encoder and a VAE runs with real weights or --random-weights."""
+    preset = get_preset(args.preset or default_preset(args))
+    if getattr(args, "model", None) or args.random_weights or preset.name == "toy":
+        return
+    if preset.has_text_encoder or preset.has_vae:
         raise ValueError(
             f"preset {preset.name!r} needs real weights: pass --model and its files "
             "(docs/real-models.md), or --random-weights to time it with random weights"
         )
-    return Pipeline.with_standins(
-        preset.name, device=device, dtype=dtype, height=args.height, width=args.width
-    )
 
 
 def default_preset(args: argparse.Namespace) -> str:
@@ -258,7 +382,6 @@ def add_switch_argument(group) -> None:
 
 def prompts_from_args(args: argparse.Namespace):
     """PROMPT, or the schedule of --prompts FILE, checked before any model loads."""
-    from headforcing.pipeline import latent_frames_for_seconds
     from headforcing.schedule import FrameClock, load_schedule
 
     if (args.prompt is None) == (args.prompts is None):
@@ -267,7 +390,7 @@ def prompts_from_args(args: argparse.Namespace):
     if args.prompts is None:
         if args.switch_frames:
             raise ValueError("--switch-frames goes with --prompts FILE (LongLive's format)")
-        return args.prompt
+        return check_prompt_text(args.prompt, "PROMPT")
     switch_frames = None
     if args.switch_frames:
         try:
@@ -280,35 +403,26 @@ def prompts_from_args(args: argparse.Namespace):
     video = preset.video
     clock = FrameClock(video.fps, video.vae_stride[0], video.chunk_frames)
     schedule = load_schedule(args.prompts, clock, switch_frames)
-    if args.frames is not None:
-        schedule.check_length(args.frames)
-    else:
-        schedule.check_length(
-            latent_frames_for_seconds(args.seconds, video.fps, clock.temporal_stride)
-        )
+    schedule.check_length(length_from_args(args))
     return schedule
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from headforcing.heads.store import store_map
-    from headforcing.interrupts import deferred_interrupt
-    from headforcing.io.video import VideoWriter
+    from headforcing.io.video import check_output_path
 
-    # prepare input
+    # prepare input: all of it checked before the model loads
+    out = check_output_path(args.out, overwrite=args.overwrite)
+    device, dtype = check_run_args(args)
+    num_frames = length_from_args(args)
     prompts = prompts_from_args(args)
     policy = policy_from_args(args)
+    head_map = head_map_from_args(args, policy)
+    check_memory(args, policy, num_frames, device, dtype)
+    print("loading the model", file=sys.stderr, flush=True)
     pipeline = build_pipeline(args)
     check_toy_prompts(pipeline, prompts)
-    policy, head_map_source = attach_head_map(policy, args, pipeline)
-    video = pipeline.preset.video
-    if args.frames is not None:
-        num_frames = args.frames
-        if num_frames < 1:
-            raise ValueError(f"--frames must be >= 1 latent frame, got {num_frames}")
-    else:
-        num_frames = pipeline.latent_frames(args.seconds)
+    policy, head_map_source = attach_head_map(policy, head_map, pipeline)
     dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
     print(
         f"headforcing: {pipeline.preset.name} on {pipeline.model.device} ({dtype_name}), "
@@ -330,74 +444,137 @@ def cmd_generate(args: argparse.Namespace) -> int:
     def on_head_map(head_map) -> None:
         path = store_map(head_map, pipeline.weights_id)
         counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
-        tqdm.write(f"head map fixed ({counts}), saved to {path}", file=sys.stderr)
+        print(f"head map fixed ({counts}), saved to {path}", file=sys.stderr)
 
     # denoise, decode, write: chunk by chunk
-    out = Path(args.out)
+    stream = pipeline.stream(
+        prompts, num_frames, policy, seed=args.seed, on_head_map=on_head_map, switch=args.switch
+    )
+    return write_stream(stream, out, pipeline.preset.video.fps, num_frames, args.overwrite)
+
+
+def write_stream(stream, out: Path, fps: int, num_frames: int, overwrite: bool) -> int:
+    """Write the chunks of ``stream`` to ``out`` as they come; the exit status.
+
+    A stop signal waits while a chunk is written and while the file is closed (a second one,
+    too), so the file always ends on a whole chunk; the run then exits with 130 or 143.
+    """
+    from headforcing.interrupts import deferred_interrupt, exit_code
+    from headforcing.io.video import VideoWriter
+
+    progress = ChunkProgress(num_frames)
     began = time.perf_counter()
-    with VideoWriter(out, fps=video.fps) as writer:
-        bar = tqdm(total=num_frames, unit="frame", desc="generating", file=sys.stderr)
+    with deferred_interrupt():
+        writer = VideoWriter(out, fps=fps, overwrite=overwrite)
+    stop = None
+    try:
+        last_prompt = None
+        for chunk in stream:
+            if last_prompt is not None and chunk.prompt != last_prompt:
+                progress.note(f"latent frame {chunk.first_frame}: {chunk.prompt!r}")
+            last_prompt = chunk.prompt
+            with deferred_interrupt():
+                writer.write(chunk.frames[0])
+            progress.chunk_written(chunk, writer.frames_written)
+    except KeyboardInterrupt as error:
+        stop = error
+    finally:
+        progress.close()
         try:
-            stream = pipeline.stream(
-                prompts,
-                num_frames,
-                policy,
-                seed=args.seed,
-                on_head_map=on_head_map,
-                switch=args.switch,
-            )
-            last_prompt = None
-            for chunk in stream:
-                if last_prompt is not None and chunk.prompt != last_prompt:
-                    tqdm.write(
-                        f"latent frame {chunk.first_frame}: {chunk.prompt!r}", file=sys.stderr
-                    )
-                last_prompt = chunk.prompt
-                # a Ctrl-C while a chunk is written waits for it: the file holds whole chunks
-                with deferred_interrupt():
-                    writer.write(chunk.frames[0])
-                bar.update(chunk.latents.shape[2])
-                bar.set_postfix(kv_mib=f"{chunk.kv_bytes / 2**20:.1f}", max_pos=chunk.max_position)
-        except KeyboardInterrupt:
-            bar.close()
-            print(f"interrupted: kept {writer.frames_written} finished frames", file=sys.stderr)
-        bar.close()
+            with deferred_interrupt():
+                writer.close()
+        except KeyboardInterrupt as error:
+            stop = stop or error
     seconds = time.perf_counter() - began
+    frames = writer.frames_written
     print(
-        f"wrote {out} ({writer.frames_written} frames, {writer.frames_written / video.fps:.1f} s "
-        f"of video) in {seconds:.1f} s: {writer.frames_written / seconds:.1f} frames/s",
+        f"wrote {out} ({frames} frames, {frames / fps:.1f} s of video) in {seconds:.1f} s: "
+        f"{frames / seconds:.1f} frames/s",
         file=sys.stderr,
     )
+    if stop is not None:
+        print(f"interrupted ({stop}): kept {frames} finished frames", file=sys.stderr)
+        return exit_code(stop)
     return 0
+
+
+class ChunkProgress:
+    """A progress bar on a terminal; elsewhere (a log, a pipe) one line per written chunk, so
+    that whoever reads the log knows what the file on disk holds."""
+
+    def __init__(self, num_frames: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = None
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=num_frames, unit="frame", desc="generating", file=sys.stderr)
+        self.num_frames = num_frames
+        self.chunks = 0
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def chunk_written(self, chunk, frames_written: int) -> None:
+        self.chunks += 1
+        done = chunk.first_frame + chunk.latents.shape[2]
+        if self.bar is not None:
+            self.bar.update(chunk.latents.shape[2])
+            self.bar.set_postfix(kv_mib=f"{chunk.kv_bytes / 2**20:.1f}", max_pos=chunk.max_position)
+        else:
+            print(
+                f"chunk {self.chunks} written: latent frames {done}/{self.num_frames}, "
+                f"{frames_written} frames, K/V {chunk.kv_bytes / 2**20:.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def cmd_interactive(args: argparse.Namespace) -> int:
     from headforcing.heads.store import store_map
-    from headforcing.interactive import LiveSession, serve
+    from headforcing.interactive import LiveServer, LiveSession
+    from headforcing.interrupts import deferred_interrupt, exit_code
+    from headforcing.io.video import check_output_path
 
-    # prepare input: the model, then the page
+    # prepare input: the arguments, then the port (bound now: a busy port fails before loading)
+    out = check_output_path(args.out, overwrite=args.overwrite)
+    check_prompt_text(args.prompt, "PROMPT")
+    device, dtype = check_run_args(args)
+    num_frames = length_from_args(args)
     policy = policy_from_args(args)
-    pipeline = build_pipeline(args)
-    policy, _ = attach_head_map(policy, args, pipeline)
-    if args.frames is not None and args.frames < 1:
-        raise ValueError(f"--frames must be >= 1 latent frame, got {args.frames}")
-    num_frames = args.frames or pipeline.latent_frames(args.seconds)
-    session = LiveSession(
-        pipeline,
-        policy,
-        args.prompt,
-        num_frames,
-        args.out,
-        seed=args.seed,
-        switch=args.switch,
-        pace=not args.no_pace,
-        on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
-        check_prompt=lambda prompt: check_toy_prompts(pipeline, prompt),
-    )
-    server = serve(session, args.port)
-    print(f"open {server.url} (video: {args.out}; Ctrl-C stops)", flush=True)
-    # generate in the worker until done or Ctrl-C; the page stays up until Ctrl-C
+    head_map = head_map_from_args(args, policy)
+    check_memory(args, policy, num_frames, device, dtype)
+    server = LiveServer.bind(args.port)
+    try:
+        pipeline = build_pipeline(args)
+        policy, _ = attach_head_map(policy, head_map, pipeline)
+        session = LiveSession(
+            pipeline,
+            policy,
+            args.prompt,
+            num_frames,
+            out,
+            seed=args.seed,
+            switch=args.switch,
+            pace=not args.no_pace,
+            overwrite=args.overwrite,
+            on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
+            check_prompt=lambda prompt: check_toy_prompts(pipeline, prompt),
+        )
+    except BaseException:
+        server.server_close()
+        raise
+    server.start(session)
+    print(f"open {server.url} (video: {out}; Ctrl-C stops)", flush=True)
+    # generate in the worker until done or stopped; the page stays up until Ctrl-C
     session.start()
+    stop = None
     try:
         while session.running:
             session.join(0.25)
@@ -405,23 +582,27 @@ def cmd_interactive(args: argparse.Namespace) -> int:
             print("generation finished; the page stays up until Ctrl-C", file=sys.stderr)
             while True:
                 time.sleep(1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        stop = error if session.running else None  # a stop after the run ended is the normal end
         print("stopping after the chunk in progress", file=sys.stderr)
     finally:
         session.stop()
-        session.join()
+        try:
+            with deferred_interrupt():  # the worker closes the video: let it finish the tail
+                session.join()
+        except KeyboardInterrupt as error:
+            stop = stop or error
         server.shutdown()
         server.server_close()
     state = session.state()
     print(
-        f"wrote {args.out} ({state['frames_written']} frames, "
-        f"{len(state['switches'])} prompt switches)",
+        f"wrote {out} ({state['frames_written']} frames, {len(state['switches'])} prompt switches)",
         file=sys.stderr,
     )
     if state["error"]:
         print(f"headforcing interactive: error: {state['error']}", file=sys.stderr)
         return 1
-    return 0
+    return exit_code(stop) if stop is not None else 0
 
 
 def bench_head_map(pipeline, path: Path | None):
@@ -446,6 +627,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
     args.random_weights = True
+    for seconds in args.seconds:
+        if not (math.isfinite(seconds) and 0 < seconds <= 3600):
+            raise ValueError(f"--seconds {seconds:g}: give lengths in (0, 3600] seconds")
+    check_run_args(args)
+    if args.head_map is not None and "head_forcing" in args.policies:
+        from headforcing.heads.headmap import HeadMap
+
+        HeadMap.load(args.head_map)  # a bad file fails now, not after the first rows
     pipeline = build_pipeline(args)
     if args.random_vae:
         from diffusers import AutoencoderKLWan
@@ -503,12 +692,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from headforcing.heads.profile import ProfileSettings, profile_heads
     from headforcing.heads.store import store_map
 
-    prompts = list(args.prompt)
+    prompts = [check_prompt_text(prompt, "PROMPT") for prompt in args.prompt]
     if args.prompts is not None:
-        lines = args.prompts.read_text().splitlines()
+        lines = read_text_file(args.prompts, "--prompts").splitlines()
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError("give prompts: PROMPT arguments or --prompts FILE (one per line)")
+    check_run_args(args)
     settings = ProfileSettings(
         chunks=tuple(args.chunks), query_rows=args.query_rows, frames=args.frames
     )
@@ -535,18 +725,42 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from headforcing.toyworld.demo import run_demo
+def read_text_file(path: Path, option: str) -> str:
+    """A UTF-8 text file named by ``option``, with one-line errors that name it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{option} {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+            f"{error.start}); save it as UTF-8"
+        ) from None
+    except OSError as error:
+        raise ValueError(f"{option} {path}: cannot read it ({error.strerror})") from None
 
-    if args.frames < 42:
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from headforcing.interrupts import exit_code
+    from headforcing.toyworld.demo import DEMO_FILES, check_demo_folder, run_demo
+
+    if not 42 <= args.frames <= MAX_LATENT_FRAMES:
         raise ValueError(f"--frames {args.frames}: the demo needs at least 42 frames (2 segments)")
-    report = run_demo(
-        args.out_dir,
-        frames=args.frames,
-        baseline=args.baseline,
-        prompt=args.prompt,
-        seed=args.seed,
-    )
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed} is out of range; give an integer in 0..2**63-1")
+    if args.prompt is not None:
+        check_prompt_text(args.prompt, "--prompt")
+    check_demo_folder(args.out_dir)
+    try:
+        report = run_demo(
+            args.out_dir,
+            frames=args.frames,
+            baseline=args.baseline,
+            prompt=args.prompt,
+            seed=args.seed,
+        )
+    except KeyboardInterrupt as stop:
+        video = args.out_dir / DEMO_FILES["video"]
+        print(f"interrupted ({stop}): {video} holds the chunks made so far", file=sys.stderr)
+        return exit_code(stop)
     print(report.report.read_text())
     print(
         f"side-by-side video: {report.video}\nmetrics over time: {report.plot}\n"
@@ -556,7 +770,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="headforcing",
         description="Long autoregressive video generation with a KV cache per head type.",
     )
@@ -571,6 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
+    generate.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_model_arguments(generate)
     add_real_model_arguments(generate)
     add_policy_arguments(generate)
@@ -584,8 +799,11 @@ def build_parser() -> argparse.ArgumentParser:
     length = interactive.add_mutually_exclusive_group()
     length.add_argument("--seconds", type=float, default=60.0, help="run length (default 60)")
     length.add_argument("--frames", type=int, help="run length in latent frames")
-    interactive.add_argument("--port", type=int, default=8000, help="0: any free port")
+    interactive.add_argument(
+        "--port", type=int, default=8000, help="on 127.0.0.1; 0: any free port"
+    )
     interactive.add_argument("--out", default="interactive.mp4", help="the growing MP4")
+    interactive.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     interactive.add_argument("--seed", type=int, default=0)
     interactive.add_argument(
         "--no-pace", action="store_true", help="generate as fast as possible, not in real time"
@@ -651,12 +869,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from headforcing.interrupts import exit_code, stop_signals
+
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
-    except ValueError as error:
+        with stop_signals():
+            return args.run(args)
+    except ValueError as error:  # bad input: checked before anything was written
         print(f"headforcing {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        print(f"headforcing {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:  # SIGINT or SIGTERM before any video was opened
+        print(f"headforcing {args.command}: interrupted ({stop or 'SIGINT'})", file=sys.stderr)
+        return exit_code(stop)
+    except (MemoryError, torch.OutOfMemoryError) as error:
+        message = str(error).splitlines()[0] if str(error) else "out of memory"
+        print(
+            f"headforcing {args.command}: error: out of memory ({message}); make the frames "
+            "smaller (--height/--width) or keep fewer frames (--policy window)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -153,6 +153,11 @@ def load_schedule(
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"the prompt schedule {path} is not UTF-8 text (byte "
+            f"{error.object[error.start]:#04x} at offset {error.start}); save it as UTF-8"
+        ) from None
     except OSError as error:
         raise ValueError(f"cannot read the prompt schedule {path}: {error.strerror}") from None
     entries = []
@@ -166,6 +171,11 @@ def load_schedule(
             raise ValueError(
                 f"{path} line {number}: not valid JSON ({error.msg} at column {error.colno}); "
                 'write one object per line, e.g. {"seconds": 0, "prompt": "a red fox"}'
+            ) from None
+        except RecursionError:
+            raise ValueError(
+                f"{path} line {number}: JSON nested too deeply; a line is one flat object, "
+                'e.g. {"seconds": 0, "prompt": "a red fox"}'
             ) from None
         if not isinstance(entry, dict):
             raise ValueError(
@@ -234,6 +244,8 @@ def _longlive_segments(path: Path, entries, clock: FrameClock, switch_frames):
         raise ValueError(f"{where}: switch frames are given twice (in the file and as an option)")
     if given is None:
         given = switch_frames or []
+    if not isinstance(given, (list, str)):
+        raise ValueError(f'{where}: "switch_frame_indices" must be a list of latent frames')
     if isinstance(given, str):  # LongLive's config writes them as "40, 80"
         try:
             given = [int(part) for part in given.split(",") if part.strip()]
@@ -254,11 +266,18 @@ def _longlive_segments(path: Path, entries, clock: FrameClock, switch_frames):
     return segments, notes
 
 
+# latest start a schedule may give, in seconds: far past any video, far from float overflow
+MAX_SECONDS = 1e9
+
+
 def _number(value, where: str, key: str, integer: bool = False):
     wrong = isinstance(value, bool) or not isinstance(value, int if integer else (int, float))
-    if wrong or value < 0 or (not integer and not math.isfinite(value)):
-        kind = "an integer >= 0" if integer else "a number >= 0"
-        raise ValueError(f'{where}: "{key}" must be {kind}, got {value!r}')
+    if not wrong and not integer:  # a huge JSON integer is no float: refuse it, not overflow
+        wrong = not (isinstance(value, float) or abs(value) <= MAX_SECONDS)
+    if wrong or value < 0 or (not integer and not (math.isfinite(value) and value <= MAX_SECONDS)):
+        kind = "an integer >= 0" if integer else f"a number >= 0 (at most {MAX_SECONDS:g})"
+        shown = repr(value) if len(repr(value)) < 60 else repr(value)[:57] + "..."
+        raise ValueError(f'{where}: "{key}" must be {kind}, got {shown}')
     return value
 
 

@@ -97,11 +97,24 @@ class HeadMap:
     def load(cls, path: str | Path) -> HeadMap:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValueError(f"head map {path} does not exist") from None
+        except IsADirectoryError:
+            raise ValueError(
+                f"head map {path} is a folder; give the head map's JSON file"
+            ) from None
+        except OSError as error:
+            raise ValueError(f"head map {path}: cannot read it ({error.strerror})") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"head map {path} is not UTF-8 text; give a head map JSON") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"head map {path} is not valid JSON: {error}") from None
+        except RecursionError:
+            raise ValueError(
+                f"head map {path} is nested too deeply to be a head map; give a file written "
+                "by headforcing profile"
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f'{path} is not a head map (expected "format": "{FORMAT}")')
         try:

@@ -4,7 +4,7 @@
 :mod:`.server` serves the page and its small JSON/PNG API with the standard library.
 """
 
-from headforcing.interactive.server import serve
+from headforcing.interactive.server import LiveServer, serve
 from headforcing.interactive.session import LivePrompt, LiveSession
 
-__all__ = ["LivePrompt", "LiveSession", "serve"]
+__all__ = ["LivePrompt", "LiveServer", "LiveSession", "serve"]

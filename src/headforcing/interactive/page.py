@@ -1,8 +1,10 @@
 """The page of interactive mode: one HTML file, a few lines of plain JavaScript, no framework.
 
-It polls ``/state`` four times a second, plays the frames it has not shown yet at the video's
-fps on a canvas (a frame is drawn once decoded, so the picture never blanks between frames;
-``data-frame`` says which pixel frame is on screen), and posts a typed prompt to ``/prompt``.
+It reads the run's token from its own URL (``?token=...``, printed by the command) and passes
+it on with every request. It polls ``/state`` four times a second, plays the frames it has not
+shown yet at the video's fps on a canvas (a frame is drawn once decoded, so the picture never
+blanks between frames; ``data-frame`` says which pixel frame is on screen), and posts a typed
+prompt to ``/prompt``.
 Text from the server goes in with ``textContent``, never as HTML.
 """
 
@@ -37,11 +39,14 @@ PAGE = """<!doctype html>
 "use strict";
 const $ = (id) => document.getElementById(id);
 const video = $("video"), painter = video.getContext("2d");
+const token = new URLSearchParams(window.location.search).get("token") || "";
+const withToken = (path) =>
+  `${path}${path.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
 let fps = 16, available = 0, cursor = 0, loading = false, switchCount = 0;
 
 async function poll() {
   try {
-    const state = await (await fetch("/state", {cache: "no-store"})).json();
+    const state = await (await fetch(withToken("/state"), {cache: "no-store"})).json();
     fps = state.fps;
     available = state.frames_written;
     $("current").textContent = state.prompt;
@@ -80,7 +85,7 @@ function play() {
       loading = false;
     };
     image.onerror = () => { loading = false; };
-    image.src = `/frame.png?i=${index}`;
+    image.src = withToken(`/frame.png?i=${index}`);
   }
   setTimeout(play, 1000 / fps);
 }
@@ -89,7 +94,7 @@ $("prompt-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const response = await fetch("/prompt", {
     method: "POST",
-    headers: {"Content-Type": "application/json"},
+    headers: {"Content-Type": "application/json", "X-Headforcing-Token": token},
     body: JSON.stringify({prompt: $("prompt-input").value}),
   });
   const reply = await response.json();

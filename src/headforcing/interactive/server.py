@@ -5,7 +5,18 @@ Endpoints (all small, no framework):
 - ``GET /``: the page: the video, a text box for a new prompt, the switches applied so far;
 - ``GET /state``: JSON: frames written, the prompt in effect, a queued prompt, switches, done;
 - ``GET /frame.png?i=N``: pixel frame ``N`` as PNG (the newest if ``N`` is gone);
-- ``POST /prompt``: ``{"prompt": "..."}`` (JSON or a form field): drives the next chunk.
+- ``POST /prompt``: ``{"prompt": "..."}`` as ``application/json``: drives the next chunk
+  (202), or 409 once the run has ended.
+
+Only the server's own page may drive it (docs/prompts.md, "What the server accepts"): every
+request must name the served address as its ``Host`` (127.0.0.1, localhost or [::1], with the
+port: this stops DNS rebinding), carry an ``Origin`` of that address if it carries one (a
+browser always does on a POST: this stops other pages' forms and scripts), and carry the run's
+random token (``?token=`` in the URL the command prints, which the page passes on, or the
+``X-Headforcing-Token`` header); a prompt must be JSON, which a cross-site form cannot send.
+Sockets time out after :data:`SOCKET_TIMEOUT` seconds and at most :data:`MAX_HANDLERS`
+requests are handled at once, so half-sent requests cannot hold the server; a malformed request
+gets a 400, never a traceback.
 
 The page polls ``/state`` and plays the frames it has not shown yet at the video's fps (it
 jumps ahead when it falls behind). PNG, written here with zlib, keeps the server free of image
@@ -15,7 +26,9 @@ libraries; frames are small at the sizes this runs at.
 from __future__ import annotations
 
 import json
+import secrets
 import struct
+import sys
 import threading
 import zlib
 from http import HTTPStatus
@@ -25,9 +38,13 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from headforcing.interactive.page import PAGE
-from headforcing.interactive.session import LiveSession
+from headforcing.interactive.session import LiveSession, RunEnded
 
 MAX_BODY_BYTES = 64 * 1024
+SOCKET_TIMEOUT = 10.0
+MAX_HANDLERS = 32
+TOKEN_HEADER = "X-Headforcing-Token"
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 def png_bytes(frame: np.ndarray) -> bytes:
@@ -49,25 +66,138 @@ def png_bytes(frame: np.ndarray) -> bytes:
 
 
 class LiveServer(ThreadingHTTPServer):
-    """A threading HTTP server that knows its session."""
+    """A threading HTTP server on 127.0.0.1 that knows its session and its token.
+
+    Bind first (:meth:`bind`: a busy port fails before any model loads), then :meth:`start`
+    with the session.
+    """
 
     daemon_threads = True
+    request_queue_size = 64
 
-    def __init__(self, session: LiveSession, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        session: LiveSession | None,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        socket_timeout: float = SOCKET_TIMEOUT,
+        max_handlers: int = MAX_HANDLERS,
+    ) -> None:
         self.session = session
+        self.token = secrets.token_urlsafe(18)
+        self.socket_timeout = socket_timeout
+        self._slots = threading.BoundedSemaphore(max_handlers)
         super().__init__((host, port), LiveHandler)
+        port = self.server_address[1]
+        self.allowed_hosts = {f"{name}:{port}" for name in LOOPBACK_NAMES}
+        self.allowed_origins = {f"http://{host}" for host in self.allowed_hosts}
+
+    @classmethod
+    def bind(cls, port: int) -> LiveServer:
+        """Bind 127.0.0.1:``port`` (0: any free port), or a ValueError naming the fix."""
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--port {port} is not a port; give 1..65535, or 0 for any free one")
+        try:
+            return cls(None, port)
+        except OSError as error:
+            raise ValueError(
+                f"--port {port}: cannot listen on 127.0.0.1:{port} ({error.strerror}); choose "
+                "another --port, or --port 0 for any free one"
+            ) from None
+
+    def start(self, session: LiveSession | None = None) -> LiveServer:
+        """Serve ``session`` (if given here) in a daemon thread."""
+        if session is not None:
+            self.session = session
+        threading.Thread(target=self.serve_forever, name="headforcing-server", daemon=True).start()
+        return self
 
     @property
     def url(self) -> str:
+        """The page's address, token included: the only URL that works."""
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}/?token={self.token}"
+
+    @property
+    def base(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
+
+    # at most max_handlers threads: the accept loop waits for a free slot (or drops the
+    # connection after a socket timeout), so idle connections cannot pile up threads
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(timeout=self.socket_timeout):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """A dropped or timed-out connection is routine; anything else gets one line."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            return
+        print(f"headforcing server: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+class BadRequest(ValueError):
+    """A request refused with ``status`` and a message for the client."""
+
+    def __init__(self, status: HTTPStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LiveHandler(BaseHTTPRequestHandler):
     server: LiveServer
 
+    def setup(self) -> None:
+        self.timeout = self.server.socket_timeout  # StreamRequestHandler sets it on the socket
+        super().setup()
+
     def do_GET(self) -> None:
-        url = urlsplit(self.path)
+        self._answer(self._get)
+
+    def do_POST(self) -> None:
+        self._answer(self._post)
+
+    def _answer(self, handle) -> None:
+        try:
+            self._check_caller()
+            if self.server.session is None:
+                raise BadRequest(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading")
+            handle(urlsplit(self.path))
+        except BadRequest as error:
+            self._json(error.status, {"error": str(error)})
+
+    def _check_caller(self) -> None:
+        """Host, Origin and token: only the server's own page (or curl with the token)."""
+        host = self.headers.get("Host", "")
+        if host.lower() not in self.server.allowed_hosts:
+            raise BadRequest(
+                HTTPStatus.FORBIDDEN, f"this server answers to 127.0.0.1:{self.server.server_port}"
+            )
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.lower() not in self.server.allowed_origins:
+            raise BadRequest(HTTPStatus.FORBIDDEN, "requests from other pages are refused")
+        query = parse_qs(urlsplit(self.path).query)
+        token = self.headers.get(TOKEN_HEADER) or query.get("token", [""])[0]
+        if not secrets.compare_digest(token.encode(), self.server.token.encode()):
+            raise BadRequest(
+                HTTPStatus.FORBIDDEN,
+                "missing or wrong token: open the URL the command printed (it ends in ?token=...)",
+            )
+
+    def _get(self, url) -> None:
         session = self.server.session
         if url.path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
@@ -75,7 +205,9 @@ class LiveHandler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, session.state())
         elif url.path == "/frame.png":
             index = parse_qs(url.query).get("i", [None])[0]
-            held = session.frame(int(index) if index and index.isdigit() else None)
+            if index is not None and not (index.isascii() and index.isdigit() and len(index) < 19):
+                raise BadRequest(HTTPStatus.BAD_REQUEST, "i must be a frame number, e.g. ?i=12")
+            held = session.frame(int(index) if index is not None else None)
             if held is None:
                 self._json(HTTPStatus.NOT_FOUND, {"error": "no frame yet"})
                 return
@@ -84,36 +216,40 @@ class LiveHandler(BaseHTTPRequestHandler):
         else:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {url.path}"})
 
-    def do_POST(self) -> None:
-        if urlsplit(self.path).path != "/prompt":
-            self._json(HTTPStatus.NOT_FOUND, {"error": f"no endpoint {self.path}"})
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "the request is too large"})
-            return
-        body = self.rfile.read(length).decode("utf-8", errors="replace")
+    def _post(self, url) -> None:
+        if url.path != "/prompt":
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no endpoint {url.path}")
+        content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise BadRequest(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                'send the prompt as application/json: {"prompt": "a red fox"}',
+            )
+        length = self.headers.get("Content-Length", "")
+        if not (length.isascii() and length.isdigit() and len(length) < 19):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "Content-Length must be a number of bytes")
+        if int(length) > MAX_BODY_BYTES:
+            raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "the request is too large")
+        body = self.rfile.read(int(length))
+        if len(body) < int(length):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, "the body is shorter than Content-Length")
         try:
-            prompt = self._prompt_from(body)
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST, 'send UTF-8 JSON like {"prompt": "a red fox"}'
+            ) from None
+        prompt = data.get("prompt") if isinstance(data, dict) else None
+        if not isinstance(prompt, str):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, 'no "prompt" in the request')
+        try:
             queued = self.server.session.submit(prompt)
+        except RunEnded as error:
+            raise BadRequest(HTTPStatus.CONFLICT, str(error)) from None
         except ValueError as error:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(error)})
-            return
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(error)) from None
         note = "takes effect at the next chunk boundary"
         self._json(HTTPStatus.ACCEPTED, {"queued": queued, "note": note})
-
-    def _prompt_from(self, body: str) -> str:
-        if self.headers.get("Content-Type", "").startswith("application/json"):
-            try:
-                data = json.loads(body)
-            except json.JSONDecodeError:
-                raise ValueError('send JSON like {"prompt": "a red fox"}') from None
-            prompt = data.get("prompt") if isinstance(data, dict) else None
-        else:
-            prompt = parse_qs(body).get("prompt", [None])[0]
-        if not isinstance(prompt, str):
-            raise ValueError('no "prompt" in the request')
-        return prompt
 
     def _json(self, status: HTTPStatus, data: dict) -> None:
         self._send(status, json.dumps(data).encode(), "application/json")
@@ -123,6 +259,7 @@ class LiveHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -134,6 +271,4 @@ class LiveHandler(BaseHTTPRequestHandler):
 
 def serve(session: LiveSession, port: int = 0) -> LiveServer:
     """Start the server for ``session`` on 127.0.0.1 (``port`` 0: any free port) in a thread."""
-    server = LiveServer(session, port)
-    threading.Thread(target=server.serve_forever, name="headforcing-server", daemon=True).start()
-    return server
+    return LiveServer(session, port).start()

@@ -31,6 +31,10 @@ from headforcing.pipeline import Pipeline
 MAX_PROMPT_CHARS = 2000
 
 
+class RunEnded(RuntimeError):
+    """A prompt arrived after the run ended."""
+
+
 class LivePrompt:
     """The prompt of a live video; :meth:`set` from any thread, read between chunks."""
 
@@ -84,6 +88,8 @@ class LiveSession:
         As for ``generate``.
     pace:
         Stay at most one chunk ahead of real-time playback (see the module docstring).
+    overwrite:
+        Replace an existing ``out`` (see :class:`~headforcing.io.video.VideoWriter`).
     keep_frames:
         Newest pixel frames held for the page.
     on_head_map:
@@ -104,6 +110,7 @@ class LiveSession:
         seed: int = 0,
         switch: str = "head-aware",
         pace: bool = True,
+        overwrite: bool = False,
         keep_frames: int = 64,
         on_head_map: Callable[[HeadMap], None] | None = None,
         check_prompt: Callable[[str], None] | None = None,
@@ -114,7 +121,7 @@ class LiveSession:
             check_prompt(prompt)
         self.prompt = LivePrompt(prompt)
         self.num_frames, self.out, self.seed, self.switch = num_frames, Path(out), seed, switch
-        self.pace = pace
+        self.pace, self.overwrite = pace, overwrite
         self.on_head_map = on_head_map  # a head map profiled before the run
         video = pipeline.preset.video
         self.fps = video.fps
@@ -123,6 +130,7 @@ class LiveSession:
         self._stop = threading.Event()
         self._frames: deque[tuple[int, np.ndarray]] = deque(maxlen=keep_frames)
         self._thread = threading.Thread(target=self._run, name="headforcing-generator")
+        self._finished = threading.Event()  # set once the video is closed
         self.frames_written = 0
         self.latent_frames = 0
         self.chunks = 0
@@ -142,14 +150,27 @@ class LiveSession:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        """Wait until the worker has closed the video (or ``timeout`` seconds).
+
+        An event, not ``Thread.join``: a KeyboardInterrupt inside ``Thread.join`` can mark a
+        running thread as stopped (CPython's bpo-45274 handling), and the process would then
+        exit while the worker still writes the video's tail.
+        """
+        if self._thread.ident is not None:
+            self._finished.wait(timeout)
 
     @property
     def running(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.ident is not None and not self._finished.is_set()
 
     def submit(self, prompt: str) -> str:
-        """A new prompt from the page; it drives the next chunk that starts."""
+        """A new prompt from the page; it drives the next chunk that starts.
+
+        Raises :class:`RunEnded` once the run has ended (no chunk will start again).
+        """
+        with self._lock:
+            if self.done:
+                raise RunEnded("the run has ended; no chunk will use a new prompt")
         if self.check_prompt is not None:
             self.check_prompt(prompt)
         prompt = self.prompt.set(prompt)
@@ -189,7 +210,18 @@ class LiveSession:
     # ------------------------------------------------------------------ the worker
 
     def _run(self) -> None:
-        writer = VideoWriter(self.out, fps=self.fps, live=True)
+        try:
+            self._generate()
+        finally:
+            self._finished.set()
+
+    def _generate(self) -> None:
+        try:
+            writer = VideoWriter(self.out, fps=self.fps, live=True, overwrite=self.overwrite)
+        except (OSError, ValueError) as error:
+            with self._lock:
+                self.error, self.done = f"{type(error).__name__}: {error}", True
+            return
         stream = self.pipeline.stream(
             self.prompt,
             self.num_frames,

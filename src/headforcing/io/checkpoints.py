@@ -53,7 +53,11 @@ from headforcing.io.keymap import (
     split_peft_lora_name,
     strip_prefixes,
 )
-from headforcing.io.safe_load import load_weights_file
+from headforcing.io.safe_load import (
+    PICKLE_SUFFIXES,
+    check_safetensors_file,
+    load_weights_file,
+)
 from headforcing.model.config import WanConfig
 from headforcing.model.transformer import WanModel
 
@@ -134,6 +138,7 @@ def read_diffusers(path: str | Path) -> StateDict:
         folder = folder / "transformer"
     state_dict: StateDict = {}
     for file in _diffusers_weight_files(folder, required=True):
+        check_safetensors_file(file, _DIFFUSERS_LAYOUT)
         shard = load_file(file, device="cpu")
         repeated = shard.keys() & state_dict.keys()
         if repeated:
@@ -414,8 +419,19 @@ def _wan_names(state_dict: StateDict, path: Path) -> StateDict:
 def _diffusers_weight_files(folder: Path, *, required: bool) -> list[Path]:
     index = folder / "diffusion_pytorch_model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [folder / name for name in sorted(set(weight_map.values()))]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            raise ValueError(
+                f'{index} is not a safetensors index (JSON with a "weight_map"); '
+                f"expected {_DIFFUSERS_LAYOUT}"
+            ) from None
+        shards = [folder / str(name) for name in names]
+        missing = [shard.name for shard in shards if not shard.is_file()]
+        if missing:
+            raise ValueError(f"{index} lists shards that are missing: {', '.join(missing[:4])}")
+        return shards
     single = folder / "diffusion_pytorch_model.safetensors"
     if single.is_file():
         return [single]
@@ -423,6 +439,12 @@ def _diffusers_weight_files(folder: Path, *, required: bool) -> list[Path]:
     if len(variants) == 1 or not required:
         return variants
     found = ", ".join(sorted(entry.name for entry in folder.iterdir())[:16]) or "nothing"
+    if any(entry.suffix in PICKLE_SUFFIXES for entry in folder.iterdir()) and not variants:
+        raise ValueError(
+            f"{folder} holds pickle weights and no .safetensors (found: {found}): a pickle can "
+            f"run code, so diffusers folders load from safetensors only; expected "
+            f"{_DIFFUSERS_LAYOUT}"
+        )
     reason = "several weight files, none of them the default" if variants else "no weights"
     raise ValueError(f"{folder} has {reason} (found: {found}); expected {_DIFFUSERS_LAYOUT}")
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from headforcing.io.safe_load import load_state_dict_file
+from headforcing.io.safe_load import check_diffusers_folder, first_line, load_state_dict_file
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
@@ -444,10 +444,21 @@ class UMT5TextEncoder:
                     f"{folder}/ holding {contents}. For Wan's own files "
                     "(models_t5_umt5-xxl-enc-bf16.pth) use UMT5TextEncoder.from_wan_files."
                 )
-        model = UMT5EncoderModel.from_pretrained(
-            root / "text_encoder", local_files_only=True, **{_from_pretrained_dtype_kwarg(): dtype}
-        ).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        expected_weights = "the UMT5EncoderModel weights as .safetensors"
+        check_diffusers_folder(root / "text_encoder", expected_weights)
+        try:
+            model = UMT5EncoderModel.from_pretrained(
+                root / "text_encoder",
+                local_files_only=True,
+                use_safetensors=True,
+                **{_from_pretrained_dtype_kwarg(): dtype},
+            ).to(device)
+            tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"{root}: the text encoder does not load ({first_line(error)}); expected "
+                f"text_encoder/ with {expected_weights} and tokenizer/ (docs/real-models.md)"
+            ) from None
         return cls(model, tokenizer, text_len=text_len, keep_loaded=keep_loaded)
 
     @property

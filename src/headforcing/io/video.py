@@ -1,49 +1,125 @@
 """Video files through PyAV (its bundled FFmpeg with libx264).
 
-MP4 files are written fragmented (``frag_keyframe+empty_moov``): a run stopped early (Ctrl-C,
-a consumer that stops reading) closes the writer and leaves a playable video of every finished
-chunk. Frames still inside the encoder are lost only on a hard crash; ``live=True`` (interactive
-mode) flushes every frame as it comes.
+MP4 files are written fragmented (``frag_keyframe+empty_moov``), one fragment per chunk: each
+:meth:`VideoWriter.write` call is one chunk, its first frame is a keyframe, and the encoder has no
+look-ahead (``tune=zerolatency``: no B-frames, every frame's packet comes out at once), so the
+muxer cuts a fragment at every chunk start and writes it to the file at once
+(``flush_packets``). What is on disk when the process stops:
+
+- a stop the process sees (Ctrl-C, a second Ctrl-C, SIGTERM, a consumer that stops reading):
+  the writer is closed, and the file holds every chunk written;
+- SIGKILL, a power cut, a crash in native code: the file holds every chunk but the newest
+  written one (its fragment is cut when the next chunk starts); ``live=True`` (interactive
+  mode) cuts a fragment per frame and loses only the newest frame.
+
+Every such file plays and decodes; fragments are never left half-described because each one is
+written whole (moof then mdat) by one flush.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
+def check_output_path(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
+    """Refuse an output video path before anything is computed; returns it as a Path.
+
+    Refused: a suffix other than ``.mp4``, a symbolic link (never written through, even with
+    ``overwrite``), a folder, an existing file unless ``overwrite``, and a folder (or the
+    nearest existing folder above it) this process cannot create files in. Creates nothing.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(
+            f"{option} {path}: videos are written as MP4; give a name ending in .mp4 "
+            f"(e.g. {path.with_suffix('.mp4').name})"
+        )
+    if path.is_symlink():
+        raise ValueError(
+            f"{option} {path} is a symbolic link; headforcing never writes through a link: "
+            "give the path of a regular file, or remove the link"
+        )
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file name ending in .mp4")
+    if path.exists() and not overwrite:
+        raise ValueError(
+            f"{option} {path} already exists; pass --overwrite to replace it, or choose another "
+            f"{option}"
+        )
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: {folder} is not a folder; choose another {option}")
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # a real probe: permissions, read-only mounts
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"{option} {path}: cannot create files in {folder} ({error.strerror}); choose "
+            f"another {option}"
+        ) from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {path} is read-only; choose another {option}")
+    return path
+
+
 class VideoWriter:
-    """Append uint8 frames ``[F, H, W, 3]`` to an H.264 MP4 as they arrive.
+    """Append uint8 frames ``[F, H, W, 3]`` to an H.264 MP4, one chunk per :meth:`write`.
 
     Parameters
     ----------
     path:
-        Output file; its folder is created.
+        Output file; its folder is created. A symbolic link is refused, and an existing file
+        unless ``overwrite``.
     fps:
         Frames per second (16 for Wan).
     crf:
         x264 constant rate factor: 0 lossless, 18 visually lossless, 23 default.
     live:
-        Keep the file on disk playable up to the newest frames while it grows (interactive
-        mode): one fragment per frame, flushed at once, no encoder look-ahead. Otherwise x264
-        buffers frames and the file is complete once closed.
+        One fragment per frame, not per chunk (interactive mode: the file on disk plays up to
+        the newest frame while it grows).
+    overwrite:
+        Replace an existing file (a regular one; links are always refused).
     """
 
-    def __init__(self, path: str | Path, fps: int, crf: int = 18, live: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        fps: int,
+        crf: int = 18,
+        live: bool = False,
+        overwrite: bool = False,
+    ) -> None:
         import av
 
         self.path = Path(path)
+        if self.path.is_symlink():
+            raise ValueError(
+                f"{self.path} is a symbolic link; the video is never written through one"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # create the file ourselves: O_EXCL refuses an existing one, O_NOFOLLOW a link
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if overwrite else os.O_EXCL)
+        try:
+            os.close(os.open(self.path, flags, 0o644))
+        except FileExistsError:
+            raise ValueError(
+                f"{self.path} already exists; pass overwrite=True to replace it"
+            ) from None
         self.fps = fps
         self.crf = crf
         self.live = live
         self.frames_written = 0
         movflags = "frag_keyframe+empty_moov+default_base_moof"
-        options = {"movflags": movflags}
         if live:
-            options = {"movflags": movflags + "+frag_every_frame", "flush_packets": "1"}
+            movflags += "+frag_every_frame"
+        options = {"movflags": movflags, "flush_packets": "1"}
         self._container = av.open(str(self.path), mode="w", options=options)
         self._stream = None
 
@@ -53,29 +129,38 @@ class VideoWriter:
         self._stream = self._container.add_stream("libx264", rate=self.fps)
         self._stream.height, self._stream.width = height, width
         self._stream.pix_fmt = "yuv420p"
-        self._stream.options = {"crf": str(self.crf)}
-        if self.live:
-            self._stream.options = {"crf": str(self.crf), "tune": "zerolatency"}
+        # zerolatency: no look-ahead and no B-frames, so a chunk's packets leave the encoder
+        # with its last frame; forced-idr: a chunk's first frame is an IDR frame, a fragment cut
+        self._stream.options = {"crf": str(self.crf), "tune": "zerolatency", "forced-idr": "1"}
 
     def write(self, frames: torch.Tensor) -> None:
+        """Append one chunk: its first frame starts a new keyframe and fragment."""
         import av
 
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames [F, H, W, 3], got {tuple(frames.shape)}")
+        if self._container is None:
+            raise ValueError(f"{self.path} is closed")
         if self._stream is None:
             self._open_stream(frames.shape[1], frames.shape[2])
-        for frame in frames.numpy():
+        for offset, frame in enumerate(frames.numpy()):
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if offset == 0:
+                video_frame.pict_type = av.video.frame.PictureType.I
             self._container.mux(self._stream.encode(video_frame))
             self.frames_written += 1
 
     def close(self) -> None:
+        """Drain the encoder and write the last fragment. Wrap it in
+        :func:`~headforcing.interrupts.deferred_interrupt` where a signal may arrive."""
         if self._container is None:
             return
-        if self._stream is not None:
-            self._container.mux(self._stream.encode(None))
-        self._container.close()
-        self._container = None
+        container, self._container = self._container, None
+        try:
+            if self._stream is not None:
+                container.mux(self._stream.encode(None))
+        finally:
+            container.close()
 
     def __enter__(self) -> VideoWriter:
         return self

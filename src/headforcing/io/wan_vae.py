@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from headforcing.io.decoders import to_uint8_frames
-from headforcing.io.safe_load import load_state_dict_file
+from headforcing.io.safe_load import check_diffusers_folder, first_line, load_state_dict_file
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -281,9 +281,16 @@ class WanVAEDecoder:
         """
         from diffusers import AutoencoderKLWan
 
-        vae, info = AutoencoderKLWan.from_pretrained(
-            vae_dir, local_files_only=True, output_loading_info=True
-        )
+        check_diffusers_folder(vae_dir, _DIFFUSERS_FORMAT)
+        try:
+            vae, info = AutoencoderKLWan.from_pretrained(
+                vae_dir, local_files_only=True, output_loading_info=True, use_safetensors=True
+            )
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ValueError(
+                f"{vae_dir}: the VAE does not load ({first_line(error)}); expected "
+                f"{_DIFFUSERS_FORMAT}"
+            ) from None
         _raise_on_mismatch(
             missing=info["missing_keys"],
             unexpected=info["unexpected_keys"],

@@ -12,13 +12,39 @@ import torch
 
 from headforcing.heads.headmap import HeadMap
 from headforcing.pipeline import Pipeline
-from headforcing.toyworld.evaluate import EVAL_PROMPTS, sample_video
+from headforcing.toyworld.evaluate import EVAL_PROMPTS
 from headforcing.toyworld.longrun import METRICS, baseline_policies
 from headforcing.toyworld.metrics import SEGMENT_FRAMES, video_metrics
 from headforcing.toyworld.world import Scene, render_clip
 
 DEMO_PROMPT = "a blue square and a yellow circle bounce over a gray checkered background"
 SCALE = 4  # 32 px frames shown at 128 px
+
+
+# the files the demo writes into its folder; it owns them and replaces them on every run
+DEMO_FILES = {
+    "video": "demo.mp4",
+    "report": "report.md",
+    "plot": "metrics_over_time.png",
+    "head_map": "head_map.png",
+}
+
+
+def check_demo_folder(out_dir: Path) -> None:
+    """Refuse a folder the demo cannot write its files into, before anything runs: a file in
+    its place, a folder without write permission, or one of its files being a symbolic link."""
+    from headforcing.io.video import check_output_path
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out-dir {out_dir} is a file, not a folder; choose another --out-dir")
+    for name in DEMO_FILES.values():
+        if (out_dir / name).is_symlink():
+            raise ValueError(
+                f"--out-dir {out_dir}: {name} is a symbolic link; the demo never writes through "
+                "a link: remove it or choose another --out-dir"
+            )
+    check_output_path(out_dir / DEMO_FILES["video"], overwrite=True, option="--out-dir")
 
 
 @dataclass(frozen=True)
@@ -90,17 +116,21 @@ def run_demo(
     prompt: str | None = None,
     seed: int = 0,
 ) -> DemoReport:
-    """Generate ``frames`` frames of ``prompt`` with ``baseline`` and with Head Forcing (a
-    progress bar each, on stderr), put them beside the real clip, and write the video, the
-    report, the plot of the metrics over time and the head map picture into ``out_dir``."""
+    """Generate ``frames`` frames of ``prompt`` with ``baseline`` and with Head Forcing side by
+    side (a progress bar on stderr), beside the real clip, and write the video, the report, the
+    plot of the metrics over time and the head map picture into ``out_dir``.
+
+    The two runs go chunk by chunk in lockstep and the video is written as it grows, so a stop
+    leaves ``demo.mp4`` with the chunks made so far (``headforcing.io.video``).
+    """
     from tqdm import tqdm
 
     from headforcing.heads.plot import plot_head_map
+    from headforcing.interrupts import deferred_interrupt
     from headforcing.io.video import VideoWriter
     from headforcing.toyworld.pretrained import load_toy_pipeline
 
     torch.set_num_threads(min(torch.get_num_threads(), 2))
-    out_dir.mkdir(parents=True, exist_ok=True)
     pipeline = load_toy_pipeline()
     head_map = toy_head_map(pipeline)
     policies = baseline_policies(head_map)
@@ -109,22 +139,38 @@ def run_demo(
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {choices}")
     prompt = prompt or DEMO_PROMPT
     scene = Scene.from_prompt(prompt)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     # the truth the model was trained on: the prompt's canonical start (the seed is the noise's)
-    videos = {"real clip": render_clip(scene, frames)}
-    for name in (baseline, "head_forcing"):
-        with tqdm(total=frames, unit="frame", desc=name, file=sys.stderr) as bar:
-            videos[name] = sample_video(
-                pipeline, prompt, frames, policies[name], seed, on_chunk=bar.update
-            )
-    per_policy = {name: video_metrics(video, scene) for name, video in videos.items()}
-
-    video_path = out_dir / "demo.mp4"
-    with VideoWriter(video_path, fps=pipeline.preset.video.fps) as writer:
-        writer.write(torch.from_numpy(np.ascontiguousarray(side_by_side(videos))))
-    plot = plot_over_time(per_policy, out_dir / "metrics_over_time.png")
-    picture = plot_head_map(head_map, out_dir / "head_map.png")
-    report = out_dir / "report.md"
+    real = render_clip(scene, frames)
+    names = (baseline, "head_forcing")
+    streams = [pipeline.stream(prompt, frames, policies[name], seed) for name in names]
+    videos: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    video_path = out_dir / DEMO_FILES["video"]
+    with deferred_interrupt():
+        writer = VideoWriter(video_path, fps=pipeline.preset.video.fps, overwrite=True)
+    try:
+        with tqdm(total=frames, unit="frame", desc="demo", file=sys.stderr) as bar:
+            for chunks in zip(*streams, strict=True):
+                start = writer.frames_written
+                panels = {"real clip": real[start : start + len(chunks[0].frames[0])]}
+                for name, chunk in zip(names, chunks, strict=True):
+                    videos[name].append(chunk.frames[0].numpy())
+                    panels[name] = videos[name][-1]
+                with deferred_interrupt():
+                    writer.write(torch.from_numpy(np.ascontiguousarray(side_by_side(panels))))
+                bar.update(len(panels["real clip"]))
+    finally:
+        with deferred_interrupt():
+            writer.close()
+    generated = {name: np.concatenate(chunks) for name, chunks in videos.items()}
+    per_policy = {
+        name: video_metrics(video, scene)
+        for name, video in {"real clip": real, **generated}.items()
+    }
+    plot = plot_over_time(per_policy, out_dir / DEMO_FILES["plot"])
+    picture = plot_head_map(head_map, out_dir / DEMO_FILES["head_map"])
+    report = out_dir / DEMO_FILES["report"]
     report.write_text(_report(prompt, frames, per_policy))
     return DemoReport(video_path, report, plot, picture)
 
