@@ -80,7 +80,9 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
     heads.add_argument("--anchor-recent-frames", type=int, help="recent frames of anchor heads")
     heads.add_argument("--working-frames", type=int, help="working memory of memory heads")
     heads.add_argument("--max-episodes", type=int, help="episodes of memory heads (0: none)")
-    heads.add_argument("--episode-frames", type=float, help="tokens per episode, in frames")
+    heads.add_argument(
+        "--episode-frames", type=float, help="tokens per episode, in frames, in (0, 1]"
+    )
     heads.add_argument("--novelty-threshold", type=float, help="key distance opening an episode")
 
 
@@ -239,6 +241,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--width", type=int, help="pixels, a multiple of 16 (preset default)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     group.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    group.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the denoising and commit passes through torch.compile (the blocks with "
+        "attention through the cache; the first chunks take longer while it compiles)",
+    )
 
 
 def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -263,6 +271,14 @@ def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_pipeline(args: argparse.Namespace):
+    """The pipeline the arguments name; with --compile, its passes run through torch.compile."""
+    pipeline = load_pipeline(args)
+    if getattr(args, "compile", False):
+        pipeline.compile()
+    return pipeline
+
+
+def load_pipeline(args: argparse.Namespace):
     from headforcing.pipeline import Pipeline
 
     model_kind = getattr(args, "model", None)
@@ -624,6 +640,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_policy,
         estimated_full_bytes,
         format_table,
+        write_json,
     )
 
     args.random_weights = True
@@ -663,7 +680,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             rows.append(bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks))
             row = rows[-1]
             print(
-                f"{row.policy:>28} {seconds:>5g} s: {row.ms_per_pass:8.1f} ms/pass", file=sys.stderr
+                f"{row.policy:>28} {seconds:>5g} s: {row.ms_per_chunk:8.1f} ms/chunk, "
+                f"{row.syncs_per_chunk} host reads/chunk",
+                file=sys.stderr,
             )
     if device.type == "cuda":
         device_name = torch.cuda.get_device_name(device)
@@ -682,6 +701,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"\nreference: a plain-SDPA pass over {window} context frames + the chunk (no RoPE, no "
         f"cache): {plain_ms:.1f} ms; compare with the window rows' ms/pass"
     )
+    if args.json is not None:
+        path = write_json(
+            rows,
+            args.json,
+            title=title,
+            compiled=args.compile,
+            decode_ms_per_chunk=decode_ms,
+            plain_pass_ms=plain_ms,
+        )
+        print(f"rows written to {path}", file=sys.stderr)
     return 0
 
 
@@ -858,6 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--chunks", type=int, default=2, help="timed chunks per row")
     bench.add_argument("--positions", default="relative", choices=("absolute", "relative"))
     bench.add_argument("--head-map", type=Path, help="head_forcing: map (default: profiled)")
+    bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     bench.add_argument(
         "--random-vae",
         action="store_true",

@@ -42,9 +42,11 @@ class HeadForcingPolicy(CachePolicy):
         First frames kept by anchor and memory heads.
     anchor_recent_frames:
         Recent frames anchor heads keep besides the sink.
-    working_frames, max_episodes, episode_frames, novelty_threshold, episode_span_frames,
-    importance_decay:
-        Memory heads, see :class:`~headforcing.cache.memory.EpisodicMemory`.
+    working_frames:
+        Recent frames memory heads keep whole (working memory).
+    max_episodes, episode_frames, novelty_threshold, episode_span_frames, importance_decay:
+        Memory heads' episodic memory, see :class:`~headforcing.cache.memory.EpisodicMemory`
+        (``max_episodes`` 0: none, sink and working memory only).
     positions:
         ``relative`` (head-wise re-encoding) or ``absolute`` (every token at its own frame).
     """
