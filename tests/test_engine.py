@@ -140,7 +140,9 @@ def test_permuted_heads_equal_the_original_model(small_config):
     x, t = torch.randn(1, *LATENT[:1], 6, *LATENT[1:]), torch.rand(1, 6) * 1000
     dense = DenseAttention(original.rope, torch.arange(6), *GRID, block_causal_mask(6, 3))
     with torch.no_grad():
-        assert relative_error(permuted(x, t, context, dense), original(x, t, context, dense)) <= 1e-5
+        assert (
+            relative_error(permuted(x, t, context, dense), original(x, t, context, dense)) <= 1e-5
+        )
 
     # a whole rollout through the cache: gathered groups vs contiguous slices
     latents = []
@@ -165,7 +167,9 @@ def test_a_denoising_pass_compiles_without_graph_breaks(small_config, chunks_bef
     cache = KVCache(policy, small_config, *GRID, head_order=model.head_order)
     context = model.encode_text(torch.randn(1, small_config.text_len, small_config.text_dim))
     with torch.no_grad():
-        for _ in generate_chunks(model, cache, context, 3 * chunks_before, LATENT, torch.Generator()):
+        for _ in generate_chunks(
+            model, cache, context, 3 * chunks_before, LATENT, torch.Generator()
+        ):
             pass
         cache.begin_chunk(3)
         masked = any(group.mask is not None for group in cache.groups())
