@@ -462,8 +462,10 @@ class KVCache:
     batch, device, dtype:
         Of the stored K/V (the model's dtype).
     head_order:
-        Per layer, the original head of every head position of the model's q/k/v (after
-        :meth:`headforcing.model.WanModel.set_head_order`); ``None``: the original order.
+        Per layer, the original head of every head position of the q/k/v the cache receives
+        (after :meth:`headforcing.model.WanModel.set_head_order`); ``None``: the original
+        order. Naming fewer heads than the model has makes a cache of those heads only (one
+        rank of a head-parallel stream): every group keeps its heads among them.
     """
 
     def __init__(
@@ -505,8 +507,13 @@ class KVCache:
         specs = policy.head_groups(layer, self.config.num_heads, self.chunk_frames)
         _check_partition(specs, self.config.num_heads, layer)
         order = list(range(self.config.num_heads)) if head_order is None else head_order[layer]
+        held = set(order)  # a cache of some heads only (one rank of a head-parallel stream)
         groups = []
         for spec in specs:
+            if not held.issuperset(spec.heads):
+                spec = replace(spec, heads=tuple(head for head in spec.heads if head in held))
+                if not spec.heads:
+                    continue
             where = sorted(order.index(head) for head in spec.heads)
             if where == list(range(where[0], where[0] + len(where))):
                 index = slice(where[0], where[0] + len(where))
