@@ -175,6 +175,7 @@ class HeadGroup:
         self.write_index: torch.Tensor | None = None
         self.length = 0
         self.mask: torch.Tensor | None = None
+        self.known_full = False
         self.chunk_position: torch.Tensor | int = 0  # relative position of the chunk's 1st frame
 
     # -- sizes -----------------------------------------------------------------------------
@@ -255,19 +256,21 @@ class HeadGroup:
         if self.band is not None:
             self._place(chunk.first_frame - self.chunk_position)
 
-        # attend to the sink, the memory and the used part of the ring: until it has wrapped
-        # once, a ring holds frames in slots 0, 1, ...
-        self.length = self.ring_base + ring_used * self.tokens_per_frame
-        self.mask = (
-            None
-            if self._known_full(chunk, ring_used)
-            else (self.slot_token[None, : self.length] >= 0)
-        )
+        # attend to the sink, the memory and the ring: a bounded ring whole (its empty slots
+        # masked while it fills: the shapes never change, so a compiled pass is reused);
+        # ``full`` to the frames so far (until a ring wraps, it holds frames in slots 0, 1, ...)
+        attended = self.ring_frames if self.bounded else ring_used
+        self.length = self.ring_base + attended * self.tokens_per_frame
+        self.known_full = self._known_full(chunk, attended)
 
-    def _known_full(self, chunk: ChunkInfo, ring_used: int) -> bool:
+    def set_mask(self, masked: bool) -> None:
+        """Attend with a mask of the slots holding tokens (``masked``), or to every slot."""
+        self.mask = (self.slot_token[None, : self.length] >= 0) if masked else None
+
+    def _known_full(self, chunk: ChunkInfo, attended: int) -> bool:
         """Whether the host knows every attended slot holds a token (no mask needed)."""
         sink_done = max(self.sink_present, min(chunk.end_frame, self.sink_frames))
-        ring_done = all(frame is not None for frame in self.ring[:ring_used])
+        ring_done = all(frame is not None for frame in self.ring[:attended])
         memory_done = self.memory is None or self.memory.known_full
         return sink_done == self.sink_frames and ring_done and memory_done
 
@@ -538,7 +541,8 @@ class KVCache:
         chunk_ids = torch.arange(
             first_token, first_token + chunk.num_tokens, dtype=torch.int32, device=self.device
         )
-        for group in self.groups():
+        groups = list(self.groups())
+        for group in groups:
             group.begin(chunk, chunk_ids)
             if group.rule.positions == "relative":
                 top = group.chunk_position + num_frames - 1  # a device scalar with a memory
@@ -548,6 +552,11 @@ class KVCache:
                 self._max_position = torch.maximum(self._max_position, top)
             else:
                 self._max_position = self._max_position.clamp_min(top)
+        # one mask decision for all: while any group has an empty slot, every group masks, so
+        # a compiled pass sees two layouts in a video (filling, full), not one per group
+        masked = not all(group.known_full for group in groups)
+        for group in groups:
+            group.set_mask(masked)
         # the chunk's rotation at its absolute frames, shared by every group and layer
         frames = torch.arange(chunk.first_frame, chunk.end_frame, device=self.device)
         self._cos, self._sin = cos_sin(self.rope.token_angles(frames, self.spatial_angles))
