@@ -339,5 +339,5 @@ def test_full_history_is_unbounded_window_history_bounded(small_config):
 
 def test_unknown_switch_mode(small_config):
     cache = KVCache(make_policy("window"), small_config, *GRID)
-    with pytest.raises(ValueError, match="unknown switch mode 'flush'; valid modes: cut"):
-        PromptSwitcher(random_model(small_config), cache, "flush")
+    with pytest.raises(ValueError, match="unknown switch mode 'purge'; valid modes: cut"):
+        PromptSwitcher(random_model(small_config), cache, "purge")

@@ -109,13 +109,16 @@ def policy_from_args(args: argparse.Namespace):
 
 def head_map_from_args(args: argparse.Namespace, policy):
     """``--head-map``, read and checked against the preset's shape before any model loads."""
-    from headforcing.cache.policies import HeadForcingPolicy
+    from headforcing.cache.policy import HeadMapPolicy
     from headforcing.heads.headmap import HeadMap
 
     if args.head_map is None:
         return None
-    if not isinstance(policy, HeadForcingPolicy):
-        raise ValueError(f"--head-map is for --policy head_forcing, not {policy.name}")
+    if not isinstance(policy, HeadMapPolicy):
+        raise ValueError(
+            f"--head-map is for --policy head_forcing, dummy_forcing or pyramid_forcing, "
+            f"not {policy.name}"
+        )
     head_map = HeadMap.load(args.head_map)
     preset = get_preset(args.preset or default_preset(args))
     head_map.check(preset.name, preset.model.num_layers, preset.model.num_heads)
@@ -126,11 +129,11 @@ def attach_head_map(policy, head_map, pipeline):
     """A head_forcing policy gets ``head_map`` (from --head-map), else the map stored for these
     weights, else the one that came with them (the toy model's), else none (then the run
     profiles one in a calibration rollout before the video and stores it)."""
-    from headforcing.cache.policies import HeadForcingPolicy
+    from headforcing.cache.policy import HeadMapPolicy
     from headforcing.heads.store import load_stored_map, stored_map_path
 
     config = pipeline.model.config
-    if not isinstance(policy, HeadForcingPolicy):
+    if not isinstance(policy, HeadMapPolicy):
         return policy, "-"
     source = "--head-map"
     if head_map is None:
@@ -389,10 +392,11 @@ def add_switch_argument(group) -> None:
     group.add_argument(
         "--switch",
         choices=SWITCH_MODES,
-        default="head-aware",
+        default=None,
         help="what a prompt switch does to the KV cache: cut (keep it), recache (LongLive: "
-        "re-run the window with the new prompt, sink kept), head-aware (default: recache, but "
-        "memory heads keep their episodes)",
+        "re-run the window with the new prompt, sink kept), head-aware (recache, but memory "
+        "heads keep their episodes), flush (Infinity-RoPE: keep the sink and the last 2 frames, "
+        "re-run nothing). Default: the policy's (flush for infinity_rope, else head-aware)",
     )
 
 

@@ -17,7 +17,7 @@ import torch
 
 from headforcing.cache import CachePolicy, KVCache
 from headforcing.cache.kv import contiguous_groups
-from headforcing.cache.policies import HeadForcingPolicy
+from headforcing.cache.policy import HeadMapPolicy
 from headforcing.heads.headmap import HeadMap
 from headforcing.io.decoders import LatentDecoder, PreviewDecoder
 from headforcing.io.text import HashedTextEncoder, TextEncoder
@@ -200,7 +200,7 @@ class Pipeline:
         num_frames: int,
         cache: KVCache,
         seed: int = 0,
-        switch: str = "head-aware",
+        switch: str | None = None,
     ) -> Iterator[LatentChunk]:
         """The AR chunk loop on ``cache``, yielding latent chunks (no decoding).
 
@@ -220,7 +220,10 @@ class Pipeline:
         if fixed:
             prompt.check_length(num_frames)
         switcher = PromptSwitcher(
-            self.model, cache, switch, keep_history=not fixed or len(prompt.segments) > 1
+            self.model,
+            cache,
+            switch or cache.policy.default_switch,
+            keep_history=not fixed or len(prompt.segments) > 1,
         )
         with torch.inference_mode():
             generator = torch.Generator().manual_seed(seed)
@@ -248,22 +251,23 @@ class Pipeline:
         policy: CachePolicy,
         seed: int = 0,
         on_head_map: Callable[[HeadMap], None] | None = None,
-        switch: str = "head-aware",
+        switch: str | None = None,
     ) -> Iterator[VideoChunk]:
         """Generate ``num_frames`` latent frames for ``prompt``, yielding decoded chunks.
 
         ``prompt`` and ``switch``: one prompt or a prompt source, see :meth:`generate_latents`.
 
-        A ``head_forcing`` policy without a head map first profiles the heads in a short
-        calibration rollout (:meth:`calibrate`) and hands the map to ``on_head_map`` (to store
-        it for later runs): every head type keeps its own tokens from the first chunk on, and a
+        A policy that needs a head map (``head_forcing``, ...) and has none first profiles the
+        heads in a short calibration rollout (:meth:`calibrate`) and hands the map to
+        ``on_head_map`` (to store it for later runs): every head type keeps its own tokens from
+        the first chunk on, and a
         later run with the stored map makes the same video.
 
         Decoding runs in a worker thread (on CUDA, on its own stream) one chunk behind the
         generation: the DiT makes chunk ``n + 1`` while chunk ``n`` is decoded.
         """
         # prepare input
-        if isinstance(policy, HeadForcingPolicy) and policy.head_map is None:
+        if isinstance(policy, HeadMapPolicy) and policy.head_map is None:
             head_map = self.calibrate(prompt, seed)
             if on_head_map is not None:
                 on_head_map(head_map)

@@ -1,7 +1,7 @@
 """Prompt switches: what happens to the KV cache when the prompt changes between two chunks.
 
 The cross-attention context always changes (the new prompt's text K/V). The self-attention K/V
-in the cache were computed under the old prompt; three ways to treat them (``--switch``):
+in the cache were computed under the old prompt; four ways to treat them (``--switch``):
 
 ``cut``
     Keep every stored K/V as it is. Free, but the newest frames still carry the old prompt
@@ -14,7 +14,11 @@ in the cache were computed under the old prompt; three ways to treat them (``--s
     re-run frame on and its long-term memory (episodes), keeps the rest (the sink), and the
     re-run frames are committed again chunk by chunk: the rules select from them as from any
     chunk. Memory heads therefore lose their episodes (they are rebuilt from the re-run only).
-``head-aware`` (ours, for ``head_forcing``; the default)
+``flush`` (Infinity-RoPE's KV flush, the default of ``infinity_rope``)
+    Keep the sink and the last :data:`FLUSH_FRAMES` (2) frames, drop every other token (the
+    long-term memory too), re-run nothing: the new prompt drives the next chunk through the
+    cross-attention alone.
+``head-aware`` (ours, for ``head_forcing``; the default of every other policy)
     As ``recache``, but memory heads keep their episodes: the re-run starts after the newest
     token any group keeps as memory, so only what lies after it is rebuilt. Per head type:
     local heads rebuild everything they hold (they carry the newest content); anchor heads
@@ -47,7 +51,9 @@ from headforcing.cache.kv import HeadGroup, KVCache
 from headforcing.model.transformer import TextContext, WanModel
 from headforcing.sampling import LatentChunk
 
-SWITCH_MODES = ("cut", "recache", "head-aware")
+SWITCH_MODES = ("cut", "recache", "head-aware", "flush")
+# frames besides the sink that a flush keeps (Infinity-RoPE)
+FLUSH_FRAMES = 2
 
 
 def check_switch_mode(mode: str) -> None:
@@ -124,7 +130,7 @@ def plan_switch(cache: KVCache, mode: str) -> SwitchPlan:
     """Where the re-run of a switch at ``cache.frames_done`` starts (see the module docstring)."""
     check_switch_mode(mode)
     frame = cache.frames_done
-    if mode == "cut" or frame == 0:
+    if mode in ("cut", "flush") or frame == 0:
         return SwitchPlan(frame, frame, mode)
     span = recache_span(cache)
     start = frame - (frame if span is None else min(span, frame))
@@ -142,6 +148,13 @@ def _keep_mask(group: HeadGroup, plan: SwitchPlan) -> torch.Tensor:
     if plan.mode == "recache" and memory is not None:
         before &= ~memory  # LongLive resets all but the sink: episodes go
     return before
+
+
+def _flush_mask(group: HeadGroup, frame: int) -> torch.Tensor:
+    """``[capacity]`` bool: the sink and the last :data:`FLUSH_FRAMES` frames before ``frame``."""
+    frames = group.slot_frames()
+    held = frames >= 0
+    return held & ((frames < group.rule.sink_frames) | (frames >= frame - FLUSH_FRAMES))
 
 
 class PromptSwitcher:
@@ -164,7 +177,7 @@ class PromptSwitcher:
     ) -> None:
         check_switch_mode(mode)
         self.model, self.cache, self.mode = model, cache, mode
-        self.history = CleanHistory() if keep_history and mode != "cut" else None
+        self.history = CleanHistory() if keep_history and mode not in ("cut", "flush") else None
         self.plans: list[SwitchPlan] = []
 
     def remember(self, chunk: LatentChunk) -> None:
@@ -182,6 +195,8 @@ class PromptSwitcher:
             group.on_prompt_switch()
         plan = plan_switch(cache, self.mode)
         self.plans.append(plan)
+        if self.mode == "flush":
+            cache.rewind(plan.frame, lambda group: _flush_mask(group, plan.frame))
         if plan.rebuilt_frames == 0:
             return plan
         if self.history is None:

@@ -40,7 +40,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from headforcing.cache.memory import EpisodeStore
+from headforcing.cache.memory import MemoryStore
 from headforcing.cache.policy import CachePolicy, HeadGroupSpec, Layout
 from headforcing.model.config import WanConfig
 from headforcing.model.rope import Rope3D, cos_sin, rotate
@@ -161,11 +161,12 @@ class HeadGroup:
         if relative and replaced:
             band_shape = (batch, len(self.heads), replaced, self.band_dim)
             self.band = torch.zeros(band_shape, device=device, dtype=cache.dtype)
-        self.memory: EpisodeStore | None = None
+        self.memory: MemoryStore | None = None
         if rule.memory is not None:
-            self.importance = torch.zeros(capacity, device=device)
+            if rule.memory.importance_decay is not None:
+                self.importance = torch.zeros(capacity, device=device)
             band_base = memory_base if self.band is not None else None
-            self.memory = EpisodeStore(rule.memory, self, memory_base, band_base)
+            self.memory = rule.memory.build(self, memory_base, band_base)
         self.token_arange = torch.arange(tokens, device=device)
 
         # host bookkeeping: which frames the sink and every ring frame-slot hold
@@ -187,18 +188,13 @@ class HeadGroup:
     def bytes_held(self) -> int:
         tensors = [self.keys, self.values, self.slot_token, self.band, self.importance]
         if self.memory is not None:
-            memory = self.memory
-            tensors += [memory.valid, memory.first, memory.last, memory.frames, memory.summary]
+            tensors += self.memory.state_tensors()
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def kv_bytes_needed(self) -> int:
-        """Bytes of the keys and values of the tokens one chunk attends to (kept + chunk)."""
-        attended = (
-            self.sink_frames * self.tokens_per_frame + self.ring_frames * self.tokens_per_frame
-        )
-        if self.memory is not None:
-            attended += self.memory.count_slots * self.memory.tokens
-        return 2 * attended * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size()
+        """Bytes of the keys and values of the slots one chunk attends to (kept + chunk)."""
+        slots = self.ring_base + self.ring_frames * self.tokens_per_frame
+        return 2 * slots * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size()
 
     # -- the chunk lifecycle ---------------------------------------------------------------
 
@@ -251,7 +247,7 @@ class HeadGroup:
             min(ring_before) == chunk.first_frame - ring_length
             and max(ring_before) == chunk.first_frame - 1
         ), "recent frames must run up to the chunk"
-        episodes = self.memory.count() if self.memory is not None else 0
+        episodes = self.memory.span() if self.memory is not None else 0
         self.chunk_position = self.sink_present + episodes + ring_length
         if self.band is not None:
             self._place(chunk.first_frame - self.chunk_position)
@@ -284,11 +280,10 @@ class HeadGroup:
             cos, sin = self._angles(sink, repeat=tokens)
             self.keys[:, :, region, :band] = rotate(self.band[:, :, region], cos, sin)
         if self.memory is not None:
-            memory = self.memory
-            slots = origin + self.sink_present + memory.rank()  # [E]
-            cos, sin = self._angles(slots, repeat=memory.tokens)
+            positions = origin + self.sink_present + self.memory.positions()  # [tokens]
+            cos, sin = self._angles(positions)
             raw = self.band[:, :, self.sink_frames * tokens :]
-            self.keys[:, :, memory.region, :band] = rotate(raw, cos, sin)
+            self.keys[:, :, self.memory.region, :band] = rotate(raw, cos, sin)
 
     def _angles(self, positions: torch.Tensor, repeat: int = 1):
         """``(cos, sin)`` of the temporal band at ``positions [P]``, each repeated ``repeat``
@@ -368,7 +363,7 @@ class HeadGroup:
 
     def on_prompt_switch(self) -> None:
         if self.memory is not None:
-            self.memory.open_episode()
+            self.memory.on_prompt_switch()
 
     # -- reports (they read the device: tests, profiling, progress; never per pass) ----------
 
@@ -407,11 +402,11 @@ class HeadGroup:
 
     @property
     def episodes(self):
-        return [] if self.memory is None else self.memory.episodes(self)
+        return getattr(self.memory, "episodes", lambda group: [])(self)
 
     @property
     def opened_at(self) -> list[int]:
-        return [] if self.memory is None else self.memory.opened_at()
+        return getattr(self.memory, "opened_at", list)()
 
     @property
     def layout(self) -> Layout:
@@ -427,10 +422,10 @@ class HeadGroup:
         position = frames - chunk.first_frame + start  # the recent run: right before the chunk
         position[frames < self.sink_frames] = frames[frames < self.sink_frames]
         if self.memory is not None:
-            in_memory = self.memory_slots()[self._kept_slots()].cpu()
-            slots = (self._kept_slots()[in_memory] - self.memory.base) // self.memory.tokens
-            rank = self.memory.rank()[slots.to(self.keys.device)].cpu()
-            position[in_memory] = self.sink_present + rank
+            kept = self._kept_slots()
+            in_memory = self.memory_slots()[kept].cpu()
+            offsets = self.memory.positions()[kept[in_memory] - self.memory.region.start]
+            position[in_memory] = self.sink_present + offsets.cpu()
         return Layout(position, chunk_frames - chunk.first_frame + start)
 
     def snapshot(self) -> Snapshot:
@@ -490,6 +485,7 @@ class KVCache:
         self.chunk_frames = chunk_frames
         self.trained_frames = trained_frames
         self.tokens_per_frame = height_tokens * width_tokens
+        self.token_grid = (height_tokens, width_tokens)
         self.batch, self.device, self.dtype = batch, torch.device(device), dtype
         self.rope = Rope3D(config.head_dim, config.rope_theta)
         self.spatial_angles = self.rope.spatial_angles(height_tokens, width_tokens, self.device)
@@ -603,7 +599,7 @@ class KVCache:
             if group.memory is not None and not group.memory.known_full
         ]
         if pending:
-            full = torch.stack([memory.valid.all() for memory in pending]).tolist()
+            full = torch.stack([memory.full() for memory in pending]).tolist()
             for memory, is_full in zip(pending, full, strict=True):
                 memory.known_full = is_full
 

@@ -24,12 +24,66 @@ order in time is a rank computed on the device, which is what relative positions
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 if TYPE_CHECKING:
     from headforcing.cache.kv import HeadGroup
+
+
+class MemoryStore(Protocol):
+    """The long-term memory of one head group: a region of its buffers between the sink and the
+    recent frames, fed with the frames that leave the recent frames (device work only).
+
+    ``region``: its slots in the group's buffers; ``known_full``: host flag, set by the engine
+    from :meth:`full` (read once per chunk until it is true).
+    """
+
+    region: slice
+    known_full: bool
+
+    def absorb(self, group: HeadGroup, frame: int, start: int) -> None:
+        """Frame ``frame``, whole in slots ``start .. start + T`` at absolute temporal phase,
+        leaves the recent frames."""
+
+    def positions(self) -> torch.Tensor:
+        """``[region tokens]`` relative temporal position of every slot, counted from the end
+        of the sink (device)."""
+
+    def span(self) -> torch.Tensor:
+        """Temporal positions the memory occupies now (device scalar)."""
+
+    def full(self) -> torch.Tensor:
+        """Whether every slot holds a token (device bool scalar)."""
+
+    def slot_mask(self, capacity: int) -> torch.Tensor:
+        """``[capacity]`` bool: the group's slots that hold memory tokens."""
+
+    def after_rewind(self, group: HeadGroup, keep: torch.Tensor) -> None:
+        """The group dropped the slots ``keep`` does not mark (a prompt switch)."""
+
+    def on_prompt_switch(self) -> None: ...
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Tensors held besides the group's buffers (for ``bytes_held``)."""
+
+
+class LongTermMemory(Protocol):
+    """Parameters of a long-term memory (a frozen dataclass): what a :class:`Retention
+    <headforcing.cache.policy.Retention>` names; :meth:`build` makes one group's store."""
+
+    importance_decay: float | None  # None: the memory selects by no importance
+
+    def capacity(self, tokens_per_frame: int) -> int:
+        """Slots of the memory's region."""
+
+    @property
+    def extent(self) -> int:
+        """Temporal positions it spans at most (relative positions)."""
+
+    def build(self, group: HeadGroup, base: int, band_base: int | None) -> MemoryStore: ...
+
 
 # frames that opened an episode, kept for reports (the last ones only: memory stays bounded)
 OPENED_LOG = 256
@@ -65,6 +119,14 @@ class EpisodicMemory:
     def capacity(self, tokens_per_frame: int) -> int:
         """Tokens of the episodic region."""
         return self.max_episodes * self.episode_tokens(tokens_per_frame)
+
+    @property
+    def extent(self) -> int:
+        """Temporal positions at most (one per episode)."""
+        return self.max_episodes
+
+    def build(self, group: HeadGroup, base: int, band_base: int | None) -> EpisodeStore:
+        return EpisodeStore(self, group, base, band_base)
 
 
 @dataclass(frozen=True)
@@ -114,9 +176,19 @@ class EpisodeStore:
     def region(self) -> slice:
         return slice(self.base, self.base + self.count_slots * self.tokens)
 
-    def count(self) -> torch.Tensor:
-        """Valid episodes (a device scalar)."""
+    def span(self) -> torch.Tensor:
+        """Valid episodes (a device scalar): one temporal position each."""
         return self.valid.sum()
+
+    def full(self) -> torch.Tensor:
+        return self.valid.all()
+
+    def positions(self) -> torch.Tensor:
+        """Every slot at its episode's rank in time (all tokens of an episode share it)."""
+        return self.rank().repeat_interleave(self.tokens)
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [self.valid, self.first, self.last, self.frames, self.summary, self.opened]
 
     def rank(self) -> torch.Tensor:
         """``[E]`` order in time of every valid episode (0 = oldest), on the device."""
@@ -129,8 +201,8 @@ class EpisodeStore:
         mask[self.region] = self.valid.repeat_interleave(self.tokens)
         return mask
 
-    def open_episode(self) -> None:
-        """The next evicted frame opens a new episode (a prompt switch)."""
+    def on_prompt_switch(self) -> None:
+        """The next evicted frame opens a new episode."""
         self.switch = True
 
     # -- the update, one evicted frame at a time ---------------------------------------------

@@ -10,13 +10,13 @@ engine (:mod:`headforcing.cache.kv`) turns a retention into fixed-capacity buffe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 if TYPE_CHECKING:
-    from headforcing.cache.memory import EpisodicMemory
+    from headforcing.cache.memory import LongTermMemory
 
 POSITION_MODES = ("absolute", "relative")
 
@@ -60,7 +60,7 @@ class Retention:
 
     sink_frames: int = 0
     recent_frames: int | None = 0
-    memory: EpisodicMemory | None = None
+    memory: LongTermMemory | None = None
     positions: str = "absolute"
 
     def attention_span(self, chunk_frames: int) -> int | None:
@@ -75,7 +75,7 @@ class Retention:
         span = self.attention_span(chunk_frames)
         if span is None:
             return None
-        return span + (self.memory.max_episodes if self.memory is not None else 0)
+        return span + (self.memory.extent if self.memory is not None else 0)
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,8 @@ class CachePolicy(ABC):
 
     name: ClassVar[str]
     positions: str = "absolute"
+    # what a prompt switch does by default (headforcing.switch)
+    default_switch: ClassVar[str] = "head-aware"
 
     def check(self, chunk_frames: int, trained_frames: int) -> None:  # noqa: B027 (optional hook)
         """Validate the parameters against the chunk size and the trained range of positions;
@@ -118,6 +120,23 @@ class CachePolicy(ABC):
 
     def describe(self) -> str:
         return self.name
+
+
+class HeadMapPolicy(CachePolicy):
+    """A policy whose groups come from a head map (a dataclass with a ``head_map`` field): a
+    run without one profiles it first (:meth:`headforcing.pipeline.Pipeline.stream`)."""
+
+    head_map = None
+    default_switch: ClassVar[str] = "head-aware"
+
+    def with_head_map(self, head_map):
+        return replace(self, head_map=head_map)
+
+    def missing_map(self) -> ValueError:
+        return ValueError(
+            f"{self.name} needs a head map: pass --head-map, run `headforcing profile`, or let "
+            "`generate` profile one before the run"
+        )
 
 
 class UniformPolicy(CachePolicy):

@@ -108,7 +108,7 @@ class LiveSession:
         out: str | Path,
         *,
         seed: int = 0,
-        switch: str = "head-aware",
+        switch: str | None = None,
         pace: bool = True,
         overwrite: bool = False,
         keep_frames: int = 64,

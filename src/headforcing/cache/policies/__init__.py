@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from headforcing.cache.policies.deep_forcing import DeepForcingPolicy
+from headforcing.cache.policies.dummy_forcing import DummyForcingPolicy
 from headforcing.cache.policies.full import FullPolicy
 from headforcing.cache.policies.head_forcing import HeadForcingPolicy
+from headforcing.cache.policies.infinity_rope import InfinityRopePolicy
+from headforcing.cache.policies.pyramid_forcing import PyramidForcingPolicy
 from headforcing.cache.policies.sink import SinkPolicy
 from headforcing.cache.policies.window import WindowPolicy
 from headforcing.cache.policy import CachePolicy
 
 POLICIES: dict[str, type[CachePolicy]] = {
-    policy.name: policy for policy in (FullPolicy, WindowPolicy, SinkPolicy, HeadForcingPolicy)
+    policy.name: policy
+    for policy in (
+        FullPolicy,
+        WindowPolicy,
+        SinkPolicy,
+        HeadForcingPolicy,
+        DeepForcingPolicy,
+        InfinityRopePolicy,
+        DummyForcingPolicy,
+        PyramidForcingPolicy,
+    )
 }
 
 
@@ -29,8 +43,12 @@ def make_policy(name: str, **params) -> CachePolicy:
 
 __all__ = [
     "POLICIES",
+    "DeepForcingPolicy",
+    "DummyForcingPolicy",
     "FullPolicy",
     "HeadForcingPolicy",
+    "InfinityRopePolicy",
+    "PyramidForcingPolicy",
     "SinkPolicy",
     "WindowPolicy",
     "make_policy",

@@ -17,16 +17,16 @@ The paper's memory sizes and update rule are not public: these are ours, see doc
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from headforcing.cache.memory import EpisodicMemory
-from headforcing.cache.policy import CachePolicy, HeadGroupSpec, Retention, check_position_mode
+from headforcing.cache.policy import HeadGroupSpec, HeadMapPolicy, Retention, check_position_mode
 from headforcing.heads.headmap import HEAD_TYPES, HeadMap
 
 
 @dataclass
-class HeadForcingPolicy(CachePolicy):
+class HeadForcingPolicy(HeadMapPolicy):
     """Per-head-type caches driven by a head map.
 
     Parameters
@@ -84,9 +84,6 @@ class HeadForcingPolicy(CachePolicy):
         if not 0 < self.importance_decay <= 1:
             raise ValueError(f"importance_decay must lie in (0, 1], got {self.importance_decay}")
 
-    def with_head_map(self, head_map: HeadMap) -> HeadForcingPolicy:
-        return replace(self, head_map=head_map)
-
     def extents(self, chunk_frames: int) -> dict[str, int]:
         """Temporal slots each head type spans with relative positions, the chunk included."""
         return {label: self.rule_for(label).extent(chunk_frames) for label in HEAD_TYPES}
@@ -122,10 +119,7 @@ class HeadForcingPolicy(CachePolicy):
 
     def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
         if self.head_map is None:
-            raise ValueError(
-                "head_forcing needs a head map: pass --head-map, run `headforcing profile`, or "
-                "let `generate` profile one before the run"
-            )
+            raise self.missing_map()
         specs = []
         for label in HEAD_TYPES:
             heads = self.head_map.heads_of(layer, label)
