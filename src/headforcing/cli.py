@@ -84,20 +84,29 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
         "--episode-frames", type=float, help="tokens per episode, in frames, in (0, 1]"
     )
     heads.add_argument("--novelty-threshold", type=float, help="key distance opening an episode")
+    field = parser.add_argument_group("the field's methods (docs/policies.md)")
+    field.add_argument(
+        "--recent-frames", type=int, help="infinity_rope, deep_forcing, pyramid_forcing: recent"
+    )
+    field.add_argument("--budget-frames", type=int, help="deep_forcing: sink + top + recent")
+    field.add_argument("--dummy-fraction", type=float, help="dummy_forcing: share of dummy heads")
 
 
-HEAD_FORCING_PARAMS = (
+POLICY_PARAMS = (
     "local_frames",
     "anchor_recent_frames",
     "working_frames",
     "max_episodes",
     "episode_frames",
     "novelty_threshold",
+    "recent_frames",
+    "budget_frames",
+    "dummy_fraction",
 )
 
 
 def policy_from_args(args: argparse.Namespace):
-    params = {name: getattr(args, name, None) for name in HEAD_FORCING_PARAMS}
+    params = {name: getattr(args, name, None) for name in POLICY_PARAMS}
     return make_policy(
         args.policy,
         window_frames=args.window_frames,
