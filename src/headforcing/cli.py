@@ -475,18 +475,28 @@ def cmd_generate(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
         print(f"head map fixed ({counts}), saved to {path}", file=sys.stderr)
 
-    # denoise, decode, write: chunk by chunk
-    stream = pipeline.stream(
-        prompts, num_frames, policy, seed=args.seed, on_head_map=on_head_map, switch=args.switch
-    )
+    # denoise, decode, write: chunk by chunk (decode and write beside the next chunk)
+    def stream(write):
+        return pipeline.stream(
+            prompts,
+            num_frames,
+            policy,
+            seed=args.seed,
+            on_head_map=on_head_map,
+            switch=args.switch,
+            write=write,
+        )
+
     return write_stream(stream, out, pipeline.preset.video.fps, num_frames, args.overwrite)
 
 
-def write_stream(stream, out: Path, fps: int, num_frames: int, overwrite: bool) -> int:
-    """Write the chunks of ``stream`` to ``out`` as they come; the exit status.
+def write_stream(make_stream, out: Path, fps: int, num_frames: int, overwrite: bool) -> int:
+    """Write the chunks of ``make_stream(write)`` to ``out`` as they come; the exit status.
 
-    A stop signal waits while a chunk is written and while the file is closed (a second one,
-    too), so the file always ends on a whole chunk; the run then exits with 130 or 143.
+    The stream writes each chunk in its worker thread (beside the next chunk's generation),
+    which signals never interrupt; the stream finishes the chunk in its worker however it
+    ends, before the file is closed. A stop signal waits while the file is closed (a second
+    one, too), so the file always ends on a whole chunk; the run then exits with 130 or 143.
     """
     from headforcing.interrupts import deferred_interrupt, exit_code
     from headforcing.io.video import VideoWriter
@@ -496,18 +506,24 @@ def write_stream(stream, out: Path, fps: int, num_frames: int, overwrite: bool) 
     with deferred_interrupt():
         writer = VideoWriter(out, fps=fps, overwrite=overwrite)
     stop = None
+    stream = make_stream(lambda chunk: writer.write(chunk.frames[0]))
     try:
         last_prompt = None
+        written = 0
         for chunk in stream:
             if last_prompt is not None and chunk.prompt != last_prompt:
                 progress.note(f"latent frame {chunk.first_frame}: {chunk.prompt!r}")
             last_prompt = chunk.prompt
-            with deferred_interrupt():
-                writer.write(chunk.frames[0])
-            progress.chunk_written(chunk, writer.frames_written)
+            written += chunk.frames.shape[1]
+            progress.chunk_written(chunk, written)
     except KeyboardInterrupt as error:
         stop = error
     finally:
+        try:
+            with deferred_interrupt():
+                stream.close()  # the chunk in the worker is written first
+        except KeyboardInterrupt as error:
+            stop = stop or error
         progress.close()
         try:
             with deferred_interrupt():

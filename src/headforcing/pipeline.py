@@ -19,6 +19,7 @@ from headforcing.cache import CachePolicy, KVCache
 from headforcing.cache.kv import contiguous_groups
 from headforcing.cache.policy import HeadMapPolicy
 from headforcing.heads.headmap import HeadMap
+from headforcing.interrupts import deferred_interrupt
 from headforcing.io.decoders import LatentDecoder, PreviewDecoder
 from headforcing.io.text import HashedTextEncoder, TextEncoder
 from headforcing.model import Preset, WanModel, get_preset
@@ -252,6 +253,7 @@ class Pipeline:
         seed: int = 0,
         on_head_map: Callable[[HeadMap], None] | None = None,
         switch: str | None = None,
+        write: Callable[[VideoChunk], None] | None = None,
     ) -> Iterator[VideoChunk]:
         """Generate ``num_frames`` latent frames for ``prompt``, yielding decoded chunks.
 
@@ -264,7 +266,10 @@ class Pipeline:
         later run with the stored map makes the same video.
 
         Decoding runs in a worker thread (on CUDA, on its own stream) one chunk behind the
-        generation: the DiT makes chunk ``n + 1`` while chunk ``n`` is decoded.
+        generation: the DiT makes chunk ``n + 1`` while chunk ``n`` is decoded, and ``write``
+        (a video writer's) runs there too, right after each chunk's decode, in order. However
+        the stream ends (exhausted, closed, an exception, Ctrl-C), the chunk in the worker is
+        decoded and written before the generator returns.
         """
         # prepare input
         if isinstance(policy, HeadMapPolicy) and policy.head_map is None:
@@ -284,12 +289,16 @@ class Pipeline:
                     chunk.latents.record_stream(side)
                 frames = self.decoder.decode_chunk(chunk.latents)
                 position = int(max_position)
-            return VideoChunk(
+            decoded = VideoChunk(
                 chunk.first_frame, chunk.latents, frames, kv_bytes, position, chunk.prompt
             )
+            if write is not None:
+                write(decoded)
+            return decoded
 
-        # denoise chunk by chunk; decode each finished chunk beside the next one
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as worker:
+        # denoise chunk by chunk; decode (and write) each finished chunk beside the next one
+        worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
+        try:
             pending = None
             for chunk in self.generate_latents(prompt, num_frames, cache, seed, switch):
                 ready = None
@@ -304,3 +313,8 @@ class Pipeline:
                 pending = decoded
             if pending is not None:
                 yield pending.result()
+        finally:
+            # however the stream ends, the chunk in the worker is finished (a stop signal
+            # meanwhile waits: the writer must not be closed under it)
+            with deferred_interrupt():
+                worker.shutdown(wait=True)
