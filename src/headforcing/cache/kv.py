@@ -191,11 +191,6 @@ class HeadGroup:
             tensors += self.memory.state_tensors()
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
-    def kv_bytes_needed(self) -> int:
-        """Bytes of the keys and values of the slots one chunk attends to (kept + chunk)."""
-        slots = self.ring_base + self.ring_frames * self.tokens_per_frame
-        return 2 * slots * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size()
-
     # -- the chunk lifecycle ---------------------------------------------------------------
 
     def _ring_slot(self, frame: int) -> int:
@@ -637,10 +632,6 @@ class KVCache:
     def bytes_held(self) -> int:
         """Bytes of every tensor the cache holds (K/V, raw bands, token ids, scores)."""
         return sum(group.bytes_held() for group in self.groups())
-
-    def kv_bytes_needed(self) -> int:
-        """Bytes of the K/V of the tokens one chunk attends to, kept and chunk, over all groups."""
-        return sum(group.kv_bytes_needed() for group in self.groups())
 
     def kept_frames(self, layer: int = 0) -> list[list[int]]:
         """Distinct frames each group of ``layer`` keeps (for reports and tests)."""
