@@ -796,6 +796,45 @@ def read_text_file(path: Path, option: str) -> str:
         raise ValueError(f"{option} {path}: cannot read it ({error.strerror})") from None
 
 
+def cmd_recall(args: argparse.Namespace) -> int:
+    from headforcing.heads.recall import measure_recall
+
+    check_run_args(args)
+    pipeline = build_pipeline(args)
+    check_toy_prompts(pipeline, args.prompt)
+    video = pipeline.preset.video
+    policies, labels = {}, None
+    for name in args.policies:
+        policy = make_policy(name, positions=args.positions)
+        policy, _ = attach_head_map(policy, None, pipeline)
+        if getattr(policy, "head_map", "-") is None:
+            policy = policy.with_head_map(pipeline.calibrate(args.prompt, args.seed))
+        if getattr(policy, "head_map", None) is not None and labels is None:
+            labels = [list(row) for row in policy.head_map.labels]
+        policies[policy.describe()] = policy
+    chunks = sorted(set(args.chunks))
+    print(
+        f"recall: {args.frames} latent frames under a {args.reference} cache, "
+        f"{len(policies)} policies in its shadow, measured at chunks {chunks}",
+        file=sys.stderr,
+    )
+    report = measure_recall(
+        pipeline,
+        args.prompt,
+        policies,
+        args.frames,
+        chunks,
+        reference=args.reference,
+        seed=args.seed,
+        labels=labels,
+    )
+    print(report.table(video.chunk_frames))
+    out = report.save(args.out)
+    png = report.plot(args.png or Path(args.out).with_suffix(".png"))
+    print(f"recall per head: {out}, picture {png}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from headforcing.interrupts import exit_code
     from headforcing.toyworld.demo import DEMO_FILES, check_demo_folder, run_demo
@@ -924,6 +963,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_arguments(bench)
     bench.set_defaults(run=cmd_bench)
+
+    recall = commands.add_parser(
+        "recall",
+        help="per head, the share of a reference cache's attention that each policy's kept "
+        "tokens hold (to tune budgets)",
+    )
+    recall.add_argument("prompt", help="the prompt of the rollout")
+    recall.add_argument(
+        "--policies", nargs="+", default=["window", "sink", "head_forcing"], help="policies"
+    )
+    recall.add_argument("--frames", type=int, default=210, help="latent frames of the rollout")
+    recall.add_argument(
+        "--chunks", type=int, nargs="+", default=[7, 35, 69], help="chunk indices measured"
+    )
+    recall.add_argument(
+        "--reference",
+        choices=("full", "window"),
+        default="full",
+        help="the cache whose attention is the reference: full, or the trained window for a "
+        "model that breaks past its trained range (docs/head-forcing.md)",
+    )
+    recall.add_argument("--positions", default="relative", choices=("absolute", "relative"))
+    recall.add_argument("--seed", type=int, default=0)
+    recall.add_argument("--out", type=Path, default=Path("recall.json"))
+    recall.add_argument("--png", type=Path, help="the picture (default: next to --out)")
+    add_model_arguments(recall)
+    add_real_model_arguments(recall)
+    recall.set_defaults(run=cmd_recall)
     return parser
 
 

@@ -167,11 +167,13 @@ class Pipeline:
         self.runner = torch.compile(self.model)
         return self
 
-    def new_cache(self, policy: CachePolicy) -> KVCache:
-        """A cache for ``policy``; the model's heads are permuted once (if needed) so that every
-        head group is a contiguous slice."""
+    def new_cache(self, policy: CachePolicy, permute: bool = True) -> KVCache:
+        """A cache for ``policy``; the model's heads are permuted once (if needed, unless
+        ``permute`` is false: several caches sharing one model) so that every head group is a
+        contiguous slice."""
         config, chunk_frames = self.preset.model, self.preset.video.chunk_frames
-        if not contiguous_groups(policy, config, chunk_frames, self.model.head_order):
+        contiguous = contiguous_groups(policy, config, chunk_frames, self.model.head_order)
+        if permute and not contiguous:
             order = policy.head_order(config.num_layers, config.num_heads, chunk_frames)
             self.model.set_head_order(order)
         return KVCache(
