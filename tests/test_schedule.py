@@ -133,7 +133,7 @@ def test_schedule_invariants_without_a_file():
         (["--prompts", "{missing}"], "cannot read the prompt schedule"),
         (["a prompt", "--switch-frames", "40"], "--switch-frames goes with --prompts"),
         (["--prompts", "{path}", "--switch-frames", "4x"], "give latent frames like 40,80"),
-        (["a prompt", "--switch", "flush"], None),
+        (["a prompt", "--switch", "purge"], None),
     ],
 )
 def test_cli_errors(tmp_path, capsys, argv, message):
@@ -142,7 +142,7 @@ def test_cli_errors(tmp_path, capsys, argv, message):
     if message is None:  # argparse refuses an unknown choice itself
         with pytest.raises(SystemExit):
             main(["generate", *argv])
-        assert "invalid choice: 'flush'" in capsys.readouterr().err
+        assert "invalid choice: 'purge'" in capsys.readouterr().err
         return
     # the tiny preset's clock: 16 fps, 4 frames per latent frame (3 s -> latent frame 12)
     assert main(["generate", *argv, "--preset", "tiny", "--out", str(tmp_path / "v.mp4")]) == 2
