@@ -192,3 +192,32 @@ def test_eval_refuses_what_it_cannot_read(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing.mp4")]) == 2
     errors = capsys.readouterr().err.splitlines()
     assert len(errors) == 2 and all(line.startswith("headforcing eval: error:") for line in errors)
+
+
+def test_demo_panels_are_measured_apart(tmp_path):
+    from headforcing.toyworld.demo import panel_layout, side_by_side
+
+    scene = Scene.from_prompt(TOY_PROMPT)
+    real = render_clip(scene, 42)
+    wrong = render_clip(
+        Scene.from_prompt("a blue square bounces over a gray dotted background"), 42
+    )
+    picture = side_by_side({"real clip": real, "wrong": wrong}, scale=3)
+    metadata = {
+        "headforcing": "test",
+        "preset": "toy",
+        "weights": "toy-test",
+        "vae_stride": 1,
+        "trained_frames": 21,
+        "prompt": TOY_PROMPT,
+        "scale": 3,
+        "panels": panel_layout(("real clip", "wrong"), 32, 3),
+    }
+    path = tmp_path / "demo.mp4"
+    with VideoWriter(path, fps=8, metadata=metadata) as writer:
+        writer.write(torch.from_numpy(np.ascontiguousarray(picture)))
+    real_panel, wrong_panel = (evaluate(source) for source in sources(path))
+    assert (real_panel.label, wrong_panel.label) == ("demo.mp4: real clip", "demo.mp4: wrong")
+    assert [m.count_error for m in real_panel.truth] == [0, 0]
+    assert all(m.background_error < 0.01 for m in real_panel.truth)
+    assert all(m.background_error > 0.1 for m in wrong_panel.truth)
