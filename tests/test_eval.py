@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headforcing.cli import main
 from headforcing.eval.report import evaluate
@@ -221,3 +223,20 @@ def test_demo_panels_are_measured_apart(tmp_path):
     assert [m.count_error for m in real_panel.truth] == [0, 0]
     assert all(m.background_error < 0.01 for m in real_panel.truth)
     assert all(m.background_error > 0.1 for m in wrong_panel.truth)
+
+
+@given(frames=st.integers(1, 200), segment=st.integers(6, 90))
+@settings(max_examples=200, deadline=None)
+def test_segments_are_the_toyworld_segments(frames, segment):
+    """The streamed cut equals the toy-world metrics' rule: segments of ``segment`` frames, a last
+    piece shorter than half a segment joined to the one before."""
+    import itertools
+
+    from headforcing.eval.segments import segments
+
+    stream = (np.full((1, 1, 3), index % 256, dtype=np.uint8) for index in range(frames))
+    cut = [(start, len(chunk)) for start, chunk in segments(stream, segment)]
+    bounds = [*range(0, frames, segment), frames]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < segment // 2:
+        del bounds[-2]
+    assert cut == [(a, b - a) for a, b in itertools.pairwise(bounds)]

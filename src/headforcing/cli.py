@@ -902,26 +902,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import av
+
     from headforcing.eval.plot import plot_over_time
     from headforcing.eval.report import evaluate, format_table, write_json
     from headforcing.eval.segments import sources
 
-    # prepare input: every file readable, the outputs writable, before anything is measured
+    # prepare input: the outputs' names and every file, before anything is measured
     for option, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
         if path is not None and path.suffix.lower() != suffix:
             raise ValueError(f"{option} {path}: give a file name ending in {suffix}")
-    videos = []
     for path in args.video:
         if not path.is_file():
             raise ValueError(f"VIDEO {path}: no such file")
+    # measure every video (a demo file holds one per panel), then report
+    results = []
+    for path in args.video:
         try:
-            videos += sources(path)
-        except Exception as error:  # PyAV's errors for a file that is not a video
-            if not type(error).__module__.startswith("av"):
-                raise
+            results += [evaluate(video, args.segment_frames) for video in sources(path)]
+        except av.FFmpegError as error:
             raise ValueError(f"VIDEO {path}: not a video PyAV can read ({error})") from None
-    # measure, then report
-    results = [evaluate(video, args.segment_frames) for video in videos]
     print(format_table(results))
     if args.json is not None:
         print(f"measures per segment: {write_json(results, args.json)}", file=sys.stderr)

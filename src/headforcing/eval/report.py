@@ -19,7 +19,7 @@ from headforcing.toyworld.metrics import SegmentMetrics
 @dataclass(frozen=True)
 class VideoEval:
     """The result for one video: its measures per segment and, for a toy-world video, the
-    toy-world metrics per segment (the same segments); ``fps`` None when unknown."""
+    toy-world metrics per segment (the same segments), else None."""
 
     source: VideoSource
     segment_frames: int
