@@ -16,7 +16,8 @@ def test_generate_writes_playable_mp4(tmp_path):
     argv = ["generate", "a red ball bounces on a checkered floor", "--preset", "tiny"]
     assert main([*argv, "--out", str(out)]) == 0
     frames = read_video(out)
-    assert frames.shape == (81, 128, 128, 3)  # 21 latent frames -> 81 frames, 5 s at 16 fps
+    # 21 latent frames -> 81 frames, 5 s at 16 fps; 128 px frames shown at 2x (--scale auto)
+    assert frames.shape == (81, 256, 256, 3)
     assert frames.float().std() > 1  # not a blank video
 
 
@@ -28,8 +29,13 @@ def test_generate_without_a_model_runs_the_shipped_toy_model(tmp_path, capsys):
     out = tmp_path / "toy.mp4"
     assert main(["generate", TOY_PROMPT, "--frames", "9", "--out", str(out)]) == 0
     assert "toy on cpu" in capsys.readouterr().err
-    frames = read_video(out).float()
-    assert frames.shape == (9, 32, 32, 3)  # toy latents decode 1:1 to 32 x 32 frames
+    from headforcing.io.scale import downscale
+
+    shown = read_video(out).numpy()
+    assert shown.shape == (9, 256, 256, 3)  # 32 x 32 toy frames shown at 8x (--scale auto)
+    corners = shown[:, ::8, ::8].astype(int) - shown[:, 7::8, 7::8]
+    assert abs(corners).mean() < 4  # nearest neighbour: flat 8x8 blocks, but for x264's noise
+    frames = torch.from_numpy(downscale(shown, 8)).float()  # toy latents decode 1:1 to 32 x 32
     # the same video as the library's: the shipped weights, the CLI's default policy
     policy = make_policy("window", positions="relative")
     expected = torch.from_numpy(sample_video(load_toy_pipeline(), TOY_PROMPT, 9, policy, seed=0))

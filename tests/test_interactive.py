@@ -28,7 +28,8 @@ from headforcing.pipeline import Pipeline
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-SMALL = ["--preset", "tiny", "--height", "64", "--width", "64", "--device", "cpu"]
+# --scale 1: the file holds the frames the page shows, pixel for pixel (no display upscaling)
+SMALL = ["--preset", "tiny", "--height", "64", "--width", "64", "--device", "cpu", "--scale", "1"]
 
 
 class Process:

@@ -164,4 +164,4 @@ def test_generate_with_a_schedule_writes_the_whole_video(tmp_path, capsys):
 
     from headforcing.io.video import read_video
 
-    assert read_video(out).shape == (45, 64, 64, 3)
+    assert read_video(out).shape == (45, 256, 256, 3)  # 64 px frames shown at 4x (--scale auto)

@@ -8,25 +8,64 @@ SIGINT (Ctrl-C) or SIGTERM keeps what it wrote and exits with 130 or 143.
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import sys
 import time
 from pathlib import Path
 
-import torch
+from headforcing.threads import passive_wait_by_default
 
-from headforcing.cache.policies import POLICIES, make_policy
-from headforcing.model.config import PRESETS, get_preset
-from headforcing.switch import SWITCH_MODES
+passive_wait_by_default()  # before torch loads OpenMP, which reads it once (docs/threads.md)
+
+import torch  # noqa: E402
+
+from headforcing.cache.policies import POLICIES, make_policy  # noqa: E402
+from headforcing.io.scale import MIN_DISPLAY_PIXELS  # noqa: E402
+from headforcing.model.config import PRESETS, get_preset  # noqa: E402
+from headforcing.switch import SWITCH_MODES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MAX_SEED = 2**63 - 1
 # ~12 days of video at 16 fps: beyond any run, and far from integer overflow in positions
 MAX_LATENT_FRAMES = 2**22
+FRAMES_HELP = "latent frames (video frames per latent frame: {})".format(
+    ", ".join(
+        f"{stride} for --preset {'|'.join(names)}"
+        for stride, names in itertools.groupby(
+            sorted(PRESETS, key=lambda name: (PRESETS[name].video.vae_stride[0], name)),
+            key=lambda name: PRESETS[name].video.vae_stride[0],
+        )
+    )
+)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already names it or there
+    is none to show (no default, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or not action.option_strings
+        ):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list) else default
+        return f"{text} (default: {shown})"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (the usage is one ``--help`` away)."""
+    """argparse with its errors on one line (the usage is one ``--help`` away) and every
+    default in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
@@ -252,13 +291,48 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--height", type=int, help="pixels, a multiple of 16 (preset default)")
     group.add_argument("--width", type=int, help="pixels, a multiple of 16 (preset default)")
     group.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    group.add_argument("--dtype", default="auto", choices=("auto", *DTYPES))
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=("auto", *DTYPES),
+        help="auto: bfloat16 on CUDA, float32 on CPU",
+    )
     group.add_argument(
         "--compile",
         action="store_true",
         help="run the denoising and commit passes through torch.compile (the blocks with "
         "attention through the cache; the first chunks take longer while it compiles)",
     )
+    add_threads_argument(group)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads of PyTorch (default: the CPUs this process may use, at most PyTorch's "
+        "default; docs/threads.md)",
+    )
+
+
+def add_scale_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scale",
+        type=parse_scale_argument,
+        default="auto",
+        help="show each pixel as an N x N block in the video (nearest neighbour); auto: the "
+        f"smallest N that makes the frames at least {MIN_DISPLAY_PIXELS} px (8 for the toy "
+        "model's 32 px, 1 for Wan's)",
+    )
+
+
+def parse_scale_argument(text: str) -> int | str:
+    from headforcing.io.scale import parse_scale
+
+    try:
+        return parse_scale(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(f"--scale {text!r}: ")) from None
 
 
 def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -438,6 +512,8 @@ def prompts_from_args(args: argparse.Namespace):
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from headforcing.heads.store import store_map
+    from headforcing.io.provenance import run_metadata
+    from headforcing.io.scale import display_scale
     from headforcing.io.video import check_output_path
 
     # prepare input: all of it checked before the model loads
@@ -487,10 +563,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
             write=write,
         )
 
-    return write_stream(stream, out, pipeline.preset.video.fps, num_frames, args.overwrite)
+    return write_stream(
+        stream,
+        out,
+        pipeline.preset.video.fps,
+        num_frames,
+        args.overwrite,
+        scale=display_scale(pipeline.height, pipeline.width, args.scale),
+        metadata=run_metadata(pipeline, prompts, args.seed, policy, num_frames),
+    )
 
 
-def write_stream(make_stream, out: Path, fps: int, num_frames: int, overwrite: bool) -> int:
+def write_stream(
+    make_stream,
+    out: Path,
+    fps: int,
+    num_frames: int,
+    overwrite: bool,
+    scale: int = 1,
+    metadata: dict | None = None,
+) -> int:
     """Write the chunks of ``make_stream(write)`` to ``out`` as they come; the exit status.
 
     The stream writes each chunk in its worker thread (beside the next chunk's generation),
@@ -504,7 +596,7 @@ def write_stream(make_stream, out: Path, fps: int, num_frames: int, overwrite: b
     progress = ChunkProgress(num_frames)
     began = time.perf_counter()
     with deferred_interrupt():
-        writer = VideoWriter(out, fps=fps, overwrite=overwrite)
+        writer = VideoWriter(out, fps=fps, overwrite=overwrite, scale=scale, metadata=metadata)
     stop = None
     stream = make_stream(lambda chunk: writer.write(chunk.frames[0]))
     try:
@@ -585,6 +677,8 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     from headforcing.heads.store import store_map
     from headforcing.interactive import LiveServer, LiveSession
     from headforcing.interrupts import deferred_interrupt, exit_code
+    from headforcing.io.provenance import run_metadata
+    from headforcing.io.scale import display_scale
     from headforcing.io.video import check_output_path
 
     # prepare input: the arguments, then the port (bound now: a busy port fails before loading)
@@ -611,6 +705,8 @@ def cmd_interactive(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
             check_prompt=lambda prompt: check_toy_prompts(pipeline, prompt),
+            scale=display_scale(pipeline.height, pipeline.width, args.scale),
+            metadata=run_metadata(pipeline, args.prompt, args.seed, policy, num_frames),
         )
     except BaseException:
         server.server_close()
@@ -761,6 +857,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         chunks=tuple(args.chunks), query_rows=args.query_rows, frames=args.frames
     )
     pipeline = build_pipeline(args)
+    for prompt in prompts:  # a map profiled on prompts the model cannot read is no map
+        check_toy_prompts(pipeline, prompt)
     bar = tqdm(total=len(prompts), unit="prompt", desc="profiling", file=sys.stderr)
     head_map = profile_heads(
         pipeline,
@@ -779,7 +877,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     png = plot_head_map(head_map, args.png or out.with_suffix(".png"))
     stored = store_map(head_map, pipeline.weights_id)
     counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
-    print(f"head map ({counts}): {out}, picture {png}; stored for reuse as {stored}")
+    print(
+        f"head map ({counts}): {out}, picture {png}\nstored for every later head_forcing run of "
+        f"these weights without --head-map: {stored} (delete it to go back to the "
+        "shipped or profiled-at-run map)"
+    )
     return 0
 
 
@@ -853,6 +955,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             prompt=args.prompt,
             seed=args.seed,
+            scale=args.scale,
         )
     except KeyboardInterrupt as stop:
         video = args.out_dir / DEMO_FILES["video"]
@@ -866,6 +969,35 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import av
+
+    from headforcing.eval.plot import plot_over_time
+    from headforcing.eval.report import evaluate, format_table, write_json
+    from headforcing.eval.segments import sources
+
+    # prepare input: the outputs' names and every file, before anything is measured
+    for option, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
+        if path is not None and path.suffix.lower() != suffix:
+            raise ValueError(f"{option} {path}: give a file name ending in {suffix}")
+    for path in args.video:
+        if not path.is_file():
+            raise ValueError(f"VIDEO {path}: no such file")
+    # measure every video (a demo file holds one per panel), then report
+    results = []
+    for path in args.video:
+        try:
+            results += [evaluate(video, args.segment_frames) for video in sources(path)]
+        except av.FFmpegError as error:
+            raise ValueError(f"VIDEO {path}: not a video PyAV can read ({error})") from None
+    print(format_table(results))
+    if args.json is not None:
+        print(f"measures per segment: {write_json(results, args.json)}", file=sys.stderr)
+    if args.plot is not None:
+        print(f"measures over time: {plot_over_time(results, args.plot)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="headforcing",
@@ -876,13 +1008,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser("generate", help="generate a video from a prompt")
     generate.add_argument("prompt", nargs="?", help="the prompt (or --prompts FILE)")
     length = generate.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=float, default=5.0, help="video length (default 5)")
-    length.add_argument(
-        "--frames", type=int, help="video length in latent frames (4 px frames each)"
-    )
-    generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--out", default="video.mp4", help="output MP4 (default video.mp4)")
+    length.add_argument("--seconds", type=float, default=5.0, help="video length")
+    length.add_argument("--frames", type=int, help=f"video length in {FRAMES_HELP}")
+    generate.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
+    generate.add_argument("--out", default="video.mp4", help="output MP4")
     generate.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_scale_argument(generate)
     add_model_arguments(generate)
     add_real_model_arguments(generate)
     add_policy_arguments(generate)
@@ -894,14 +1025,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     interactive.add_argument("prompt", help="the first prompt")
     length = interactive.add_mutually_exclusive_group()
-    length.add_argument("--seconds", type=float, default=60.0, help="run length (default 60)")
-    length.add_argument("--frames", type=int, help="run length in latent frames")
+    length.add_argument("--seconds", type=float, default=60.0, help="run length")
+    length.add_argument("--frames", type=int, help=f"run length in {FRAMES_HELP}")
     interactive.add_argument(
         "--port", type=int, default=8000, help="on 127.0.0.1; 0: any free port"
     )
     interactive.add_argument("--out", default="interactive.mp4", help="the growing MP4")
     interactive.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    interactive.add_argument("--seed", type=int, default=0)
+    interactive.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
+    add_scale_argument(interactive)
     interactive.add_argument(
         "--no-pace", action="store_true", help="generate as fast as possible, not in real time"
     )
@@ -918,29 +1050,45 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the toy model far past its horizon: Head Forcing beside a baseline"
     )
     demo.add_argument(
-        "--frames", type=int, default=252, help="latent frames (default 252: 12x the horizon)"
+        "--frames",
+        type=int,
+        default=252,
+        help="frames of the toy model (1 latent frame = 1 video frame; 252: 12x the horizon)",
     )
-    demo.add_argument("--out-dir", type=Path, default=Path("demo"))
+    demo.add_argument(
+        "--out-dir", type=Path, default=Path("demo"), help="folder of the video and report"
+    )
     demo.add_argument(
         "--baseline",
         default="window-21 (absolute)",
-        help="window-21 (absolute), window-21 (relative), sink (relative), full",
+        help="window-21 (absolute), window-21 (relative), sink (relative) or full",
     )
-    demo.add_argument("--prompt", default=None, help="a toy-world prompt (default: a fixed one)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--prompt",
+        default=None,
+        help="a toy-world prompt (default: a blue square and a yellow circle bounce over a gray "
+        "checkered background)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
+    add_scale_argument(demo)
+    add_threads_argument(demo)
     demo.set_defaults(run=cmd_demo)
 
     profile = commands.add_parser("profile", help="measure and classify attention heads")
     profile.add_argument("prompt", nargs="*", help="calibration prompts")
     profile.add_argument("--prompts", type=Path, help="a file of prompts, one per line")
-    profile.add_argument("--out", type=Path, default=Path("head_map.json"))
+    profile.add_argument("--out", type=Path, default=Path("head_map.json"), help="head map JSON")
     profile.add_argument("--png", type=Path, help="the picture (default: next to --out)")
-    profile.add_argument("--frames", type=int, default=21, help="latent frames per rollout")
-    profile.add_argument("--chunks", type=int, nargs="+", default=[3, 4, 5, 6])
-    profile.add_argument("--query-rows", type=int, default=64)
-    profile.add_argument("--seed", type=int, default=0)
+    profile.add_argument("--frames", type=int, default=21, help=f"{FRAMES_HELP} per rollout")
+    profile.add_argument(
+        "--chunks", type=int, nargs="+", default=[3, 4, 5, 6], help="chunks whose attention is read"
+    )
+    profile.add_argument("--query-rows", type=int, default=64, help="query rows sampled per chunk")
+    profile.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
     rules = profile.add_argument_group("classification rule")
-    rules.add_argument("--rule", default="percentile", choices=("percentile", "threshold"))
+    rules.add_argument(
+        "--rule", default="percentile", choices=("percentile", "threshold"), help="how heads split"
+    )
     rules.add_argument("--anchor-fraction", type=float, help="percentile: share of anchors")
     rules.add_argument("--local-fraction", type=float, help="percentile: local share of rest")
     rules.add_argument("--anchor-threshold", type=float, help="threshold: sink mass")
@@ -949,11 +1097,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_real_model_arguments(profile)
     profile.set_defaults(run=cmd_profile)
 
+    evaluate = commands.add_parser(
+        "eval",
+        help="long-video measures of MP4 files per segment, and ground truth for toy videos",
+        description="Flicker, sharpness, motion, dynamic degree, colour and background drift "
+        "per segment of each video, and drift = last segment - first; for videos of the toy "
+        "model (their prompt is in the file) the toy-world metrics against ground truth "
+        "(docs/eval.md).",
+    )
+    evaluate.add_argument("video", nargs="+", type=Path, help="MP4 files (any source)")
+    evaluate.add_argument(
+        "--segment-frames",
+        type=int,
+        help="video frames per segment (default: 21 latent frames' worth of the model that made "
+        "the video: 21 for the toy model, 81 for Wan2.1 and for videos without our metadata)",
+    )
+    evaluate.add_argument("--json", type=Path, help="also write every segment to this JSON file")
+    evaluate.add_argument("--plot", type=Path, help="also plot each measure over time (PNG)")
+    evaluate.set_defaults(run=cmd_eval)
+
     bench = commands.add_parser("bench", help="ms per DiT pass, frames/s and K/V bytes by length")
-    bench.add_argument("--policies", nargs="+", default=["full", "window", "sink", "head_forcing"])
-    bench.add_argument("--seconds", nargs="+", type=float, default=[5, 30, 60, 120])
+    bench.add_argument(
+        "--policies",
+        nargs="+",
+        default=["full", "window", "sink", "head_forcing"],
+        help="policies to time",
+    )
+    bench.add_argument(
+        "--seconds", nargs="+", type=float, default=[5, 30, 60, 120], help="video lengths"
+    )
     bench.add_argument("--chunks", type=int, default=2, help="timed chunks per row")
-    bench.add_argument("--positions", default="relative", choices=("absolute", "relative"))
+    bench.add_argument(
+        "--positions",
+        default="relative",
+        choices=("absolute", "relative"),
+        help="temporal RoPE positions",
+    )
     bench.add_argument("--head-map", type=Path, help="head_forcing: map (default: profiled)")
     bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     bench.add_argument(
@@ -999,6 +1178,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if hasattr(args, "threads"):
+            from headforcing.threads import set_threads
+
+            set_threads(args.threads)
         with stop_signals():
             return args.run(args)
     except ValueError as error:  # bad input: checked before anything was written

@@ -97,6 +97,9 @@ class LiveSession:
     check_prompt:
         Raises ``ValueError`` for a prompt the model cannot use (the first one and every one the
         page sends; the page shows the message).
+    scale, metadata:
+        Of the video file (:class:`~headforcing.io.video.VideoWriter`); the metadata is
+        written when the file opens, so it holds the first prompt only and is marked ``live``.
     """
 
     def __init__(
@@ -114,6 +117,8 @@ class LiveSession:
         keep_frames: int = 64,
         on_head_map: Callable[[HeadMap], None] | None = None,
         check_prompt: Callable[[str], None] | None = None,
+        scale: int = 1,
+        metadata: dict | None = None,
     ) -> None:
         self.pipeline, self.policy = pipeline, policy
         self.check_prompt = check_prompt  # raises ValueError for a prompt the model cannot use
@@ -122,6 +127,8 @@ class LiveSession:
         self.prompt = LivePrompt(prompt)
         self.num_frames, self.out, self.seed, self.switch = num_frames, Path(out), seed, switch
         self.pace, self.overwrite = pace, overwrite
+        self.scale = scale
+        self.metadata = None if metadata is None else {**metadata, "live": True}
         self.on_head_map = on_head_map  # a head map profiled before the run
         video = pipeline.preset.video
         self.fps = video.fps
@@ -217,7 +224,14 @@ class LiveSession:
 
     def _generate(self) -> None:
         try:
-            writer = VideoWriter(self.out, fps=self.fps, live=True, overwrite=self.overwrite)
+            writer = VideoWriter(
+                self.out,
+                fps=self.fps,
+                live=True,
+                overwrite=self.overwrite,
+                scale=self.scale,
+                metadata=self.metadata,
+            )
         except (OSError, ValueError) as error:
             with self._lock:
                 self.error, self.done = f"{type(error).__name__}: {error}", True

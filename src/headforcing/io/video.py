@@ -18,12 +18,18 @@ written whole (moof then mdat) by one flush.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from headforcing.io.scale import upscale
+
+METADATA_TAG = "comment"  # an MP4 tag FFmpeg writes into moov/udta and every player lists
+METADATA_KEY = "headforcing"  # marks our JSON among other tools' comments
 
 
 def check_output_path(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
@@ -86,6 +92,12 @@ class VideoWriter:
         the newest frame while it grows).
     overwrite:
         Replace an existing file (a regular one; links are always refused).
+    scale:
+        Show every pixel as a ``scale`` x ``scale`` block (nearest neighbour,
+        :mod:`headforcing.io.scale`): 32x32 toy frames become visible.
+    metadata:
+        What made the video (prompt, seed, policy, preset, ...): stored as JSON in the
+        container's ``comment`` tag, read back by :func:`read_metadata` (``headforcing eval``).
     """
 
     def __init__(
@@ -95,6 +107,8 @@ class VideoWriter:
         crf: int = 18,
         live: bool = False,
         overwrite: bool = False,
+        scale: int = 1,
+        metadata: dict | None = None,
     ) -> None:
         import av
 
@@ -115,12 +129,15 @@ class VideoWriter:
         self.fps = fps
         self.crf = crf
         self.live = live
+        self.scale = scale
         self.frames_written = 0
         movflags = "frag_keyframe+empty_moov+default_base_moof"
         if live:
             movflags += "+frag_every_frame"
         options = {"movflags": movflags, "flush_packets": "1"}
         self._container = av.open(str(self.path), mode="w", options=options)
+        if metadata is not None:  # the moov box is written with the first fragment: set it now
+            self._container.metadata[METADATA_TAG] = json.dumps({"scale": scale, **metadata})
         self._stream = None
 
     def _open_stream(self, height: int, width: int) -> None:
@@ -141,6 +158,7 @@ class VideoWriter:
             raise ValueError(f"expected uint8 frames [F, H, W, 3], got {tuple(frames.shape)}")
         if self._container is None:
             raise ValueError(f"{self.path} is closed")
+        frames = upscale(frames, self.scale)
         if self._stream is None:
             self._open_stream(frames.shape[1], frames.shape[2])
         for offset, frame in enumerate(frames.numpy()):
@@ -178,3 +196,17 @@ def read_video(path: str | Path) -> torch.Tensor:
     if not frames:
         return torch.empty(0, 0, 0, 3, dtype=torch.uint8)
     return torch.from_numpy(np.stack(frames))
+
+
+def read_metadata(path: str | Path) -> dict | None:
+    """What :class:`VideoWriter` stored about how the video was made, or None for a video
+    that does not carry it (another tool's file, or one written without metadata)."""
+    import av
+
+    with av.open(str(path)) as container:
+        text = container.metadata.get(METADATA_TAG)
+    try:
+        metadata = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+    return metadata if isinstance(metadata, dict) and METADATA_KEY in metadata else None

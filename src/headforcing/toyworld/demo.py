@@ -18,7 +18,8 @@ from headforcing.toyworld.metrics import SEGMENT_FRAMES, video_metrics
 from headforcing.toyworld.world import Scene, render_clip
 
 DEMO_PROMPT = "a blue square and a yellow circle bounce over a gray checkered background"
-SCALE = 4  # 32 px frames shown at 128 px
+LABEL_PIXELS = 16  # the strip above each panel that names it
+GAP_PIXELS = 4  # between two panels
 
 
 # the files the demo writes into its folder; it owns them and replaces them on every run
@@ -64,25 +65,42 @@ def toy_head_map(pipeline: Pipeline) -> HeadMap:
     return profile_heads(pipeline, list(EVAL_PROMPTS))
 
 
-def _labelled(frames: np.ndarray, label: str) -> np.ndarray:
-    """Upscale ``[F, h, w, 3]`` and put ``label`` on a strip above it."""
+def _labelled(frames: np.ndarray, label: str, scale: int) -> np.ndarray:
+    """Upscale ``[F, h, w, 3]`` by ``scale`` (nearest) and put ``label`` on a strip above it."""
     from PIL import Image, ImageDraw
 
-    big = frames.repeat(SCALE, axis=1).repeat(SCALE, axis=2)
-    strip = Image.new("RGB", (big.shape[2], 16), (0, 0, 0))
+    big = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    strip = Image.new("RGB", (big.shape[2], LABEL_PIXELS), (0, 0, 0))
     ImageDraw.Draw(strip).text((3, 2), label, fill=(255, 255, 255))
-    header = np.broadcast_to(np.asarray(strip), (len(big), 16, big.shape[2], 3))
+    header = np.broadcast_to(np.asarray(strip), (len(big), LABEL_PIXELS, big.shape[2], 3))
     return np.concatenate([header, big], axis=1)
 
 
-def side_by_side(panels: dict[str, np.ndarray]) -> np.ndarray:
-    """Label each ``[F, h, w, 3]`` video and put them next to each other, 4 px apart."""
-    labelled = [_labelled(frames, label) for label, frames in panels.items()]
-    gap = np.zeros((*labelled[0].shape[:2], 4, 3), dtype=np.uint8)
+def side_by_side(panels: dict[str, np.ndarray], scale: int) -> np.ndarray:
+    """Label each ``[F, h, w, 3]`` video and put them next to each other, ``GAP_PIXELS``
+    apart (:func:`panel_layout` says where each one lands)."""
+    labelled = [_labelled(frames, label, scale) for label, frames in panels.items()]
+    gap = np.zeros((*labelled[0].shape[:2], GAP_PIXELS, 3), dtype=np.uint8)
     row = [labelled[0]]
     for panel in labelled[1:]:
         row += [gap, panel]
     return np.concatenate(row, axis=2)
+
+
+def panel_layout(names, size: int, scale: int) -> list[dict]:
+    """Where :func:`side_by_side` puts each panel's picture (display pixels), for the video's
+    metadata: ``headforcing eval`` measures each panel as its own video."""
+    width = size * scale
+    return [
+        {
+            "name": name,
+            "top": LABEL_PIXELS,
+            "left": index * (width + GAP_PIXELS),
+            "height": width,
+            "width": width,
+        }
+        for index, name in enumerate(names)
+    ]
 
 
 def plot_over_time(per_policy: dict[str, list], path: Path) -> Path:
@@ -115,22 +133,26 @@ def run_demo(
     baseline: str = "window-21 (absolute)",
     prompt: str | None = None,
     seed: int = 0,
+    scale: int | str = "auto",
 ) -> DemoReport:
     """Generate ``frames`` frames of ``prompt`` with ``baseline`` and with Head Forcing side by
     side (a progress bar on stderr), beside the real clip, and write the video, the report, the
     plot of the metrics over time and the head map picture into ``out_dir``.
 
     The two runs go chunk by chunk in lockstep and the video is written as it grows, so a stop
-    leaves ``demo.mp4`` with the chunks made so far (``headforcing.io.video``).
+    leaves ``demo.mp4`` with the chunks made so far (``headforcing.io.video``). Each panel
+    is upscaled by ``scale`` (``"auto"``: to at least 256 px, ``headforcing.io.scale``); the
+    file's metadata holds the prompt, seed and where each panel sits (``headforcing eval``).
     """
     from tqdm import tqdm
 
     from headforcing.heads.plot import plot_head_map
     from headforcing.interrupts import deferred_interrupt
+    from headforcing.io.provenance import run_metadata
+    from headforcing.io.scale import display_scale
     from headforcing.io.video import VideoWriter
     from headforcing.toyworld.pretrained import load_toy_pipeline
 
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
     pipeline = load_toy_pipeline()
     head_map = toy_head_map(pipeline)
     policies = baseline_policies(head_map)
@@ -147,8 +169,17 @@ def run_demo(
     streams = [pipeline.stream(prompt, frames, policies[name], seed) for name in names]
     videos: dict[str, list[np.ndarray]] = {name: [] for name in names}
     video_path = out_dir / DEMO_FILES["video"]
+    scale = display_scale(pipeline.height, pipeline.width, scale)
+    metadata = run_metadata(pipeline, prompt, seed, policies["head_forcing"], frames)
+    metadata |= {
+        "policy": f"{baseline} | head_forcing",
+        "scale": scale,  # of each panel; the writer adds none
+        "panels": panel_layout(("real clip", *names), pipeline.height, scale),
+    }
     with deferred_interrupt():
-        writer = VideoWriter(video_path, fps=pipeline.preset.video.fps, overwrite=True)
+        writer = VideoWriter(
+            video_path, fps=pipeline.preset.video.fps, overwrite=True, metadata=metadata
+        )
     try:
         with tqdm(total=frames, unit="frame", desc="demo", file=sys.stderr) as bar:
             for chunks in zip(*streams, strict=True):
@@ -158,7 +189,8 @@ def run_demo(
                     videos[name].append(chunk.frames[0].numpy())
                     panels[name] = videos[name][-1]
                 with deferred_interrupt():
-                    writer.write(torch.from_numpy(np.ascontiguousarray(side_by_side(panels))))
+                    picture = side_by_side(panels, scale)
+                    writer.write(torch.from_numpy(np.ascontiguousarray(picture)))
                 bar.update(len(panels["real clip"]))
     finally:
         with deferred_interrupt():
