@@ -30,7 +30,7 @@ def help_text(command: str) -> str:
         ("generate", "--out OUT output MP4 (default: video.mp4)"),
         ("generate", "(default: 5.0)"),  # --seconds
         ("generate", "(default: auto)"),  # --scale, --device, --dtype
-        ("generate", "head-aware (default: recache"),  # --switch names its own
+        ("generate", "Default: the policy's (flush for"),  # --switch names its own
         ("interactive", "(default: 8000)"),
         ("demo", "--out-dir OUT_DIR folder of the video and report (default: demo)"),
         ("demo", "(default: window-21 (absolute))"),  # --baseline

@@ -74,6 +74,11 @@ def shortened(argv: list[str]) -> list[str]:
     if command == "bench":
         argv = _drop_multi(_drop_option(argv, "--chunks"), "--seconds")
         argv += ["--seconds", "1", "--chunks", "1"]
+        if "cpu-bench" in argv:  # the same code on the tiny model: cpu-bench times minutes
+            argv[argv.index("cpu-bench")] = "tiny"
+    if command == "recall":
+        argv = _drop_multi(_drop_option(argv, "--frames"), "--chunks")
+        argv += ["--frames", str(SHORT_FRAMES), "--chunks", "1"]
     return argv
 
 
