@@ -240,3 +240,20 @@ def test_segments_are_the_toyworld_segments(frames, segment):
     if len(bounds) > 2 and bounds[-1] - bounds[-2] < segment // 2:
         del bounds[-2]
     assert cut == [(a, b - a) for a, b in itertools.pairwise(bounds)]
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    from headforcing.eval.stats import bootstrap_mean, paired_difference
+
+    rng = np.random.default_rng(12)
+    covered = 0
+    for repeat in range(400):
+        sample = rng.exponential(2.0, size=40)  # skewed; true mean 2.0
+        estimate = bootstrap_mean(sample, resamples=500, seed=repeat)
+        covered += estimate.low <= 2.0 <= estimate.high
+    # percentile bootstrap of 40 skewed values: a little below nominal; 400 repeats: +-2.2 %
+    assert 0.89 <= covered / 400 <= 0.98
+    same = paired_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert same.mean == 0 and same.holds_zero()
+    shifted = paired_difference(list(rng.normal(1, 0.1, 30)), list(rng.normal(0, 0.1, 30)))
+    assert not shifted.holds_zero() and shifted.low > 0.9
