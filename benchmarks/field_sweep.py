@@ -1,4 +1,4 @@
-"""Every policy on the same toy-world prompts and seeds: quality (ground truth) and speed, one table.
+"""Every policy on the same toy-world prompts and seeds: quality and speed in one table.
 
     python benchmarks/field_sweep.py prompts sweep/prompts.txt          # 8 scenes x 2 seeds
     torchrun --standalone --nproc_per_node 2 -m headforcing batch sweep/prompts.txt \\
