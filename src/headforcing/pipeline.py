@@ -114,6 +114,9 @@ class Pipeline:
         video = preset.video
         self.schedule = schedule or FlowSchedule(video.sampler_steps, video.sampler_shift)
         self.runner: Callable[..., torch.Tensor] = model  # the passes: the model or compiled
+        # one stream over several ranks by heads (headforcing.distributed.heads.HeadParallel):
+        # this rank's caches hold its heads, and every pass and re-cache goes through it
+        self.parallel = None
 
     @classmethod
     def with_standins(
@@ -168,7 +171,9 @@ class Pipeline:
 
     def new_cache(self, policy: CachePolicy) -> KVCache:
         """A cache for ``policy``; the model's heads are permuted once (if needed) so that every
-        head group is a contiguous slice."""
+        head group is a contiguous slice. Head-parallel: this rank's heads only."""
+        if self.parallel is not None:
+            return self.parallel.new_cache(policy)
         config, chunk_frames = self.preset.model, self.preset.video.chunk_frames
         if not contiguous_groups(policy, config, chunk_frames, self.model.head_order):
             order = policy.head_order(config.num_layers, config.num_heads, chunk_frames)
@@ -220,7 +225,10 @@ class Pipeline:
         if fixed:
             prompt.check_length(num_frames)
         switcher = PromptSwitcher(
-            self.model, cache, switch, keep_history=not fixed or len(prompt.segments) > 1
+            self.parallel or self.model,
+            cache,
+            switch,
+            keep_history=not fixed or len(prompt.segments) > 1,
         )
         with torch.inference_mode():
             generator = torch.Generator().manual_seed(seed)
@@ -234,7 +242,7 @@ class Pipeline:
                         switcher.apply(context)
                     text = asked
                 end = min(cache.frames_done + cache.chunk_frames, num_frames)
-                runner = self.model if cache.observers else self.runner
+                runner = self.model if cache.observers else (self.parallel or self.runner)
                 for chunk in generate_chunks(
                     runner, cache, context, end, self.latent_shape, generator, self.schedule
                 ):
