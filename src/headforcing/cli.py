@@ -613,10 +613,13 @@ def cmd_batch(args: argparse.Namespace) -> int:
     video = get_preset(args.preset or default_preset(args)).video
     clock = FrameClock(video.fps, video.vae_stride[0], video.chunk_frames)
     items = read_items(args.prompts, clock)
-    names = list(dict.fromkeys(args.policies))
+    policies = {name: batch_policy(args, name) for name in dict.fromkeys(args.policies)}
     for item in items:
-        names += [name for name in item.policies or () if name not in names]
-    policies = {name: batch_policy(args, name) for name in names}
+        for name in item.policies or ():
+            try:
+                policies.setdefault(name, batch_policy(args, name))
+            except ValueError as error:
+                raise ValueError(f"{args.prompts} line {item.line}: {error}") from None
     head_map = None
     if args.head_map is not None:
         if "head_forcing" not in policies:
