@@ -114,3 +114,9 @@ def test_a_bad_item_names_its_line(tmp_path, capsys, line, message):
     err = capsys.readouterr().err
     assert message in err and "line 2" in err and "Traceback" not in err
     assert not out.exists() or not any(out.rglob("*.mp4"))
+
+
+def test_an_option_no_swept_policy_takes_is_refused(tmp_path, capsys):
+    code, _ = run_batch(tmp_path, ["a fox"], "--policies", "head_forcing", "--window-frames", "9")
+    assert code == 2
+    assert "--window-frames applies to none of the policies head_forcing" in capsys.readouterr().err

@@ -506,7 +506,7 @@ def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy,
         check_toy_prompts(pipeline, prompts)
         policy, source = attach_head_map(policy, head_map, pipeline)
         if isinstance(policy, HeadForcingPolicy) and policy.head_map is None:
-            # every rank profiles the same map (same prompt, seed and weights): no message
+            # every rank profiles the same map (same prompt, seed, weights): nothing to send
             profiled = pipeline.calibrate(prompts, args.seed)
             if world.is_main:
                 storer(pipeline)(profiled)
@@ -620,6 +620,11 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 policies.setdefault(name, batch_policy(args, name))
             except ValueError as error:
                 raise ValueError(f"{args.prompts} line {item.line}: {error}") from None
+    for key in BATCH_POLICY_PARAMS:
+        takers = [name for name in policies if key in POLICIES[name].__dataclass_fields__]
+        if getattr(args, key) is not None and not takers:
+            option = "--" + key.replace("_", "-")
+            raise ValueError(f"{option} applies to none of the policies {', '.join(policies)}")
     head_map = None
     if args.head_map is not None:
         if "head_forcing" not in policies:
