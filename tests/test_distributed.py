@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from headforcing.cache import make_policy
 from headforcing.cli import main
 from headforcing.heads import HeadMap
 from headforcing.io.video import read_video
@@ -19,6 +18,7 @@ from headforcing.model import get_preset
 from headforcing.pipeline import Pipeline
 
 from .conftest import random_head_map
+from .workers.head_parallel import cases as head_parallel_cases
 
 WORKERS = Path(__file__).parent / "workers"
 TINY = ["--preset", "tiny", "--height", "64", "--width", "64"]
@@ -84,15 +84,12 @@ def head_map_file(tmp_path_factory):
 def test_head_parallel_on_two_ranks_equals_one_process(tmp_path, head_map_file):
     frames = 12
     torchrun(str(WORKERS / "head_parallel.py"), str(tmp_path), str(head_map_file), str(frames))
-    policies = {
-        "window": make_policy("window"),
-        "head_forcing": make_policy("head_forcing").with_head_map(HeadMap.load(head_map_file)),
-    }
-    for name, policy in policies.items():
+    references = {}
+    for name, (policy, prompt) in head_parallel_cases(HeadMap.load(head_map_file)).items():
         pipeline = Pipeline.with_standins("tiny", height=64, width=64)
         cache = pipeline.new_cache(policy)
-        chunks = pipeline.generate_latents("a red ball on a floor", frames, cache, seed=3)
-        reference = torch.cat([chunk.latents for chunk in chunks], dim=2)
+        chunks = pipeline.generate_latents(prompt, frames, cache, seed=3)
+        reference = references[name] = torch.cat([chunk.latents for chunk in chunks], dim=2)
         ranks = [torch.load(tmp_path / f"{name}.rank{rank}.pt") for rank in range(2)]
         for rank in ranks:
             assert rank["latents"].shape == reference.shape == (1, 16, frames, 8, 8)
@@ -104,6 +101,9 @@ def test_head_parallel_on_two_ranks_equals_one_process(tmp_path, head_map_file):
         assert sum(shares) == pytest.approx(1, abs=0.05)
         if name == "window":  # equal heads: half each, but for the token ids every rank keeps
             assert shares == pytest.approx([0.5, 0.5], abs=0.01)
+    # the switch case did switch (and re-cache) from latent frame 6 on
+    same = references["switch"][:, :, :6] == references["head_forcing"][:, :, :6]
+    assert same.all() and not torch.allclose(references["switch"], references["head_forcing"])
 
 
 def test_generate_by_heads_writes_the_video_on_rank_zero(tmp_path, head_map_file):
