@@ -9,9 +9,11 @@ a CPU (:func:`shortened`); nothing else of a command changes. Commands that need
 and exit status 2. ``pip install`` and the test suite itself are not run here.
 """
 
+import os
 import re
 import shlex
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,20 @@ def run_block(commands: list[str], folder: Path, monkeypatch, capsys) -> int:
         argv = shlex.split(command)
         if argv[0] == "pip" or argv[:3] == ["python", "-m", "pytest"]:
             continue  # installing is the test environment's job; the suite runs itself
+        if argv[0] in ("printf", "torchrun"):  # a shell line; a launch of several processes
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            done = subprocess.run(
+                command,
+                shell=True,
+                cwd=folder,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert done.returncode == 0, f"{command}\n-> exit {done.returncode}\n{done.stderr}"
+            ran += 1
+            continue
         assert argv[0] == "headforcing", f"README command of an unknown program: {command}"
         argv = shortened(argv[1:])
         failure = expected_failure(argv)

@@ -511,9 +511,6 @@ def prompts_from_args(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from headforcing.heads.store import store_map
-    from headforcing.io.provenance import run_metadata
-    from headforcing.io.scale import display_scale
     from headforcing.io.video import check_output_path
 
     # prepare input: all of it checked before the model loads
@@ -524,34 +521,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     policy = policy_from_args(args)
     head_map = head_map_from_args(args, policy)
     check_memory(args, policy, num_frames, device, dtype)
+    if args.parallel == "heads":
+        return generate_by_heads(args, out, device, num_frames, prompts, policy, head_map)
     print("loading the model", file=sys.stderr, flush=True)
     pipeline = build_pipeline(args)
     check_toy_prompts(pipeline, prompts)
     policy, head_map_source = attach_head_map(policy, head_map, pipeline)
-    dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
-    print(
-        f"headforcing: {pipeline.preset.name} on {pipeline.model.device} ({dtype_name}), "
-        f"{pipeline.width}x{pipeline.height}, {num_frames} latent frames, "
-        f"policy {policy.describe()} ({policy.positions} positions)",
-        file=sys.stderr,
-    )
-    if head_map_source != "-":
-        print(f"head map: {head_map_source}", file=sys.stderr)
-    if not isinstance(prompts, str):
-        for note in prompts.notes:
-            print(f"note: {note}", file=sys.stderr)
-        starts = ", ".join(str(segment.start) for segment in prompts.segments)
-        print(
-            f"{len(prompts.segments)} prompts from latent frames {starts}; switch: {args.switch}",
-            file=sys.stderr,
-        )
+    describe_run(args, pipeline, policy, head_map_source, num_frames, prompts)
+    return write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, storer(pipeline))
 
-    def on_head_map(head_map) -> None:
-        path = store_map(head_map, pipeline.weights_id)
-        counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
-        print(f"head map fixed ({counts}), saved to {path}", file=sys.stderr)
 
-    # denoise, decode, write: chunk by chunk (decode and write beside the next chunk)
+def write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, on_head_map) -> int:
+    """Denoise, decode, write, chunk by chunk (decode and write beside the next chunk)."""
+    from headforcing.io.provenance import run_metadata
+    from headforcing.io.scale import display_scale
+
     def stream(write):
         return pipeline.stream(
             prompts,
@@ -572,6 +556,233 @@ def cmd_generate(args: argparse.Namespace) -> int:
         scale=display_scale(pipeline.height, pipeline.width, args.scale),
         metadata=run_metadata(pipeline, prompts, args.seed, policy, num_frames),
     )
+
+
+def storer(pipeline):
+    """Stores a head map profiled before a run, for the next runs on these weights."""
+    from headforcing.heads.store import store_map
+
+    def on_head_map(head_map) -> None:
+        path = store_map(head_map, pipeline.weights_id)
+        counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
+        print(f"head map fixed ({counts}), saved to {path}", file=sys.stderr)
+
+    return on_head_map
+
+
+def describe_run(args, pipeline, policy, head_map_source: str, num_frames: int, prompts) -> None:
+    dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
+    print(
+        f"headforcing: {pipeline.preset.name} on {pipeline.model.device} ({dtype_name}), "
+        f"{pipeline.width}x{pipeline.height}, {num_frames} latent frames, "
+        f"policy {policy.describe()} ({policy.positions} positions)",
+        file=sys.stderr,
+    )
+    if head_map_source != "-":
+        print(f"head map: {head_map_source}", file=sys.stderr)
+    if not isinstance(prompts, str):
+        for note in prompts.notes:
+            print(f"note: {note}", file=sys.stderr)
+        starts = ", ".join(str(segment.start) for segment in prompts.segments)
+        print(
+            f"{len(prompts.segments)} prompts from latent frames {starts}; switch: {args.switch}",
+            file=sys.stderr,
+        )
+
+
+def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy, head_map) -> int:
+    """``generate --parallel heads``: one stream over the ranks of a torchrun launch, each rank
+    holding its heads' K/V; every rank runs the same chunk loop, rank 0 decodes and writes."""
+    from headforcing.cache.policies import HeadForcingPolicy
+    from headforcing.distributed import HeadParallel, backend_for, join_world, launched
+
+    if not launched():
+        raise ValueError(
+            "--parallel heads runs under torchrun: torchrun --nproc_per_node 2 -m headforcing "
+            "generate ... --parallel heads"
+        )
+    if args.compile:
+        raise ValueError("--parallel heads runs eagerly; drop --compile")
+    world = join_world(backend_for(device))
+    try:
+        args.device = str(world.device(device))
+        if world.is_main:
+            print(f"loading the model on {world.size} ranks", file=sys.stderr, flush=True)
+        pipeline = build_pipeline(args)
+        check_toy_prompts(pipeline, prompts)
+        policy, source = attach_head_map(policy, head_map, pipeline)
+        if isinstance(policy, HeadForcingPolicy) and policy.head_map is None:
+            # every rank profiles the same map (same prompt, seed, weights): nothing to send
+            profiled = pipeline.calibrate(prompts, args.seed)
+            if world.is_main:
+                storer(pipeline)(profiled)
+            policy = policy.with_head_map(profiled)
+        parallel = HeadParallel(pipeline, world)
+        assignment = parallel.assign(policy)  # refuses more ranks than heads, before any pass
+        pipeline.parallel = parallel
+        if world.is_main:
+            describe_run(args, pipeline, policy, source, num_frames, prompts)
+            print(f"heads over {world.size} ranks:\n{assignment.report()}", file=sys.stderr)
+            status = write_pipeline_stream(
+                args, pipeline, out, prompts, num_frames, policy, on_head_map=None
+            )
+            cache_bytes = parallel.cache_bytes
+        else:  # the same passes, no decoding
+            cache = pipeline.new_cache(policy)
+            for _ in pipeline.generate_latents(prompts, num_frames, cache, args.seed, args.switch):
+                pass
+            status, cache_bytes = 0, cache.bytes_held()
+        print(f"rank {world.rank}: K/V held {cache_bytes / 2**20:.2f} MiB", file=sys.stderr)
+        return status
+    finally:
+        world.close()
+
+
+BATCH_POLICY_PARAMS = ("window_frames", "sink_frames", "positions")
+
+
+def add_batch_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("cache policies (docs/policies.md)")
+    group.add_argument("--window-frames", type=int, help="window/sink: frames attended")
+    group.add_argument("--sink-frames", type=int, help="sink/head_forcing: first frames kept")
+    group.add_argument(
+        "--positions", choices=("absolute", "relative"), help="temporal RoPE positions"
+    )
+    group.add_argument(
+        "--head-map",
+        type=Path,
+        help="head_forcing: head map JSON (default: stored, else profiled once on the first item)",
+    )
+
+
+def batch_policy(args: argparse.Namespace, name: str):
+    """Policy ``name`` with the options of --window-frames/--sink-frames/--positions it takes."""
+    from headforcing.cache.policies import POLICIES
+
+    if name not in POLICIES:
+        make_policy(name)  # the error that lists the valid names
+    fields = POLICIES[name].__dataclass_fields__
+    params = {key: getattr(args, key) for key in BATCH_POLICY_PARAMS if key in fields}
+    return make_policy(name, **params)
+
+
+def batch_lengths(args: argparse.Namespace, default_frames: int):
+    """``frames_of(item)``: an item's latent frames (its seconds/frames, else the options'),
+    checked against its schedule."""
+    from headforcing.pipeline import latent_frames_for_seconds
+
+    video = get_preset(args.preset or default_preset(args)).video
+
+    def frames_of(item) -> int:
+        where = f"{args.prompts} line {item.line}"
+        frames = default_frames
+        if item.frames is not None:
+            frames = item.frames
+        elif item.seconds is not None:
+            frames = latent_frames_for_seconds(item.seconds, video.fps, video.vae_stride[0])
+        if not 1 <= frames <= MAX_LATENT_FRAMES:
+            raise ValueError(f"{where}: {frames} latent frames; give 1..{MAX_LATENT_FRAMES}")
+        if not isinstance(item.prompt, str):
+            item.prompt.check_length(frames)
+        return frames
+
+    return frames_of
+
+
+def check_out_dir(path: Path) -> Path:
+    """Refuse an output folder that is a file or cannot be written; create it."""
+    import tempfile
+
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out-dir {path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out-dir {path}: cannot write there ({error.strerror})") from None
+    return path
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from headforcing.batch import expand_jobs, read_items, run_batch
+    from headforcing.distributed import join_world
+    from headforcing.schedule import FrameClock
+
+    # prepare input: the file, the policies, the lengths; all checked before the model loads
+    device, _ = check_run_args(args)
+    video = get_preset(args.preset or default_preset(args)).video
+    clock = FrameClock(video.fps, video.vae_stride[0], video.chunk_frames)
+    items = read_items(args.prompts, clock)
+    policies = {name: batch_policy(args, name) for name in dict.fromkeys(args.policies)}
+    for item in items:
+        for name in item.policies or ():
+            try:
+                policies.setdefault(name, batch_policy(args, name))
+            except ValueError as error:
+                raise ValueError(f"{args.prompts} line {item.line}: {error}") from None
+    for key in BATCH_POLICY_PARAMS:
+        takers = [name for name in policies if key in POLICIES[name].__dataclass_fields__]
+        if getattr(args, key) is not None and not takers:
+            option = "--" + key.replace("_", "-")
+            raise ValueError(f"{option} applies to none of the policies {', '.join(policies)}")
+    head_map = None
+    if args.head_map is not None:
+        if "head_forcing" not in policies:
+            raise ValueError("--head-map is for head_forcing; add it to --policies")
+        head_map = head_map_from_args(args, policies["head_forcing"])
+    jobs = expand_jobs(items, args.policies, args.seed, batch_lengths(args, length_from_args(args)))
+    out_dir = check_out_dir(args.out_dir)
+
+    # the ranks: only control messages pass between them (gloo); the last rank may finish
+    # hours after the first, so the final barrier waits long
+    world = join_world("gloo", timeout=timedelta(days=7))
+    try:
+        args.device = str(world.device(device))
+        pipeline = build_pipeline(args)
+        for item in items:
+            check_toy_prompts(pipeline, item.prompt)
+        for name, policy in policies.items():
+            policy, source = attach_head_map(policy, head_map, pipeline)
+            if name == "head_forcing" and policy.head_map is None:
+                # once, on the first item, the same on every rank: every video gets one map
+                profiled = pipeline.calibrate(items[0].prompt, args.seed)
+                if world.is_main:
+                    storer(pipeline)(profiled)
+                policy, source = policy.with_head_map(profiled), "profiled on the first item"
+            if world.is_main and source != "-":
+                print(f"head map: {source}", file=sys.stderr)
+            policies[name] = policy
+        dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
+        settings = {
+            "preset": pipeline.preset.name,
+            "height": pipeline.height,
+            "width": pipeline.width,
+            "fps": video.fps,
+            "dtype": dtype_name,
+            "switch": args.switch,
+            "ranks": world.size,
+        }
+        if world.is_main:
+            print(
+                f"batch: {len(jobs)} videos ({len(items)} items x policies) on {world.size} "
+                f"ranks into {out_dir}",
+                file=sys.stderr,
+            )
+        report = run_batch(
+            pipeline, jobs, policies.__getitem__, out_dir, world, settings, args.switch
+        )
+        if world.is_main:
+            print(
+                f"batch: {report.total} videos, {report.skipped} already done; manifest "
+                f"{report.manifest}",
+                file=sys.stderr,
+            )
+        return 0
+    finally:
+        world.close()
 
 
 def write_stream(
@@ -1014,11 +1225,44 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", default="video.mp4", help="output MP4")
     generate.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_scale_argument(generate)
+    generate.add_argument(
+        "--parallel",
+        choices=("none", "heads"),
+        default="none",
+        help="heads: one stream over the ranks of a torchrun launch, each rank holding its "
+        "heads' K/V (docs/distributed.md); rank 0 writes the video",
+    )
     add_model_arguments(generate)
     add_real_model_arguments(generate)
     add_policy_arguments(generate)
     add_prompt_arguments(generate)
     generate.set_defaults(run=cmd_generate)
+
+    batch = commands.add_parser(
+        "batch",
+        help="a prompt file to a folder of videos and a manifest, over torchrun's ranks",
+    )
+    batch.add_argument(
+        "prompts", type=Path, metavar="PROMPTS", help="one prompt per line, or JSON items"
+    )
+    batch.add_argument("--out-dir", type=Path, required=True, help="videos and manifest.jsonl")
+    batch.add_argument(
+        "--policies",
+        nargs="+",
+        default=["window"],
+        help=f"policies to sweep, one folder each (of {', '.join(POLICIES)}; default window)",
+    )
+    length = batch.add_mutually_exclusive_group()
+    length.add_argument("--seconds", type=float, default=5.0, help="video length (default 5)")
+    length.add_argument("--frames", type=int, help="video length in latent frames")
+    batch.add_argument(
+        "--seed", type=int, default=0, help="item i's seed is SEED + i unless the item gives one"
+    )
+    add_switch_argument(batch.add_argument_group("prompt switch"))
+    add_model_arguments(batch)
+    add_real_model_arguments(batch)
+    add_batch_policy_arguments(batch)
+    batch.set_defaults(run=cmd_batch)
 
     interactive = commands.add_parser(
         "interactive", help="a local web page that shows the video as it grows, takes prompts"

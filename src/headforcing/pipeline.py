@@ -115,6 +115,9 @@ class Pipeline:
         video = preset.video
         self.schedule = schedule or FlowSchedule(video.sampler_steps, video.sampler_shift)
         self.runner: Callable[..., torch.Tensor] = model  # the passes: the model or compiled
+        # one stream over several ranks by heads (headforcing.distributed.heads.HeadParallel):
+        # this rank's caches hold its heads, and every pass and re-cache goes through it
+        self.parallel = None
 
     @classmethod
     def with_standins(
@@ -170,7 +173,9 @@ class Pipeline:
     def new_cache(self, policy: CachePolicy, permute: bool = True) -> KVCache:
         """A cache for ``policy``; the model's heads are permuted once (if needed, unless
         ``permute`` is false: several caches sharing one model) so that every head group is a
-        contiguous slice."""
+        contiguous slice. Head-parallel: this rank's heads only."""
+        if self.parallel is not None:
+            return self.parallel.new_cache(policy)
         config, chunk_frames = self.preset.model, self.preset.video.chunk_frames
         contiguous = contiguous_groups(policy, config, chunk_frames, self.model.head_order)
         if permute and not contiguous:
@@ -223,7 +228,7 @@ class Pipeline:
         if fixed:
             prompt.check_length(num_frames)
         switcher = PromptSwitcher(
-            self.model,
+            self.parallel or self.model,
             cache,
             switch or cache.policy.default_switch,
             keep_history=not fixed or len(prompt.segments) > 1,
@@ -240,7 +245,7 @@ class Pipeline:
                         switcher.apply(context)
                     text = asked
                 end = min(cache.frames_done + cache.chunk_frames, num_frames)
-                runner = self.model if cache.observers else self.runner
+                runner = self.model if cache.observers else (self.parallel or self.runner)
                 for chunk in generate_chunks(
                     runner, cache, context, end, self.latent_shape, generator, self.schedule
                 ):

@@ -184,6 +184,15 @@ def load_schedule(
         entries.append((number, entry))
     if not entries:
         raise ValueError(f"{path}: the schedule has no prompt (every line is blank or a comment)")
+    return schedule_from_entries(path, entries, clock, switch_frames)
+
+
+def schedule_from_entries(
+    path: str | Path, entries: list, clock: FrameClock, switch_frames: list[int] | None = None
+) -> PromptSchedule:
+    """A schedule from parsed entries ``[(line number, JSON object)]`` of ``path``: ours (one
+    start and prompt per entry) or LongLive's (one ``{"prompts": [...]}`` entry). ``batch``
+    reads a schedule given inside one item of its prompt file so."""
     if any("prompts" in entry for _, entry in entries):
         segments, notes = _longlive_segments(path, entries, clock, switch_frames)
     else:

@@ -261,18 +261,26 @@ class WanModel(nn.Module):
         latents: ``[B, C_in, F, H, W]``; timesteps: ``[B, F]`` (one per latent frame, 0-1000);
         returns the flow ``[B, C_out, F, H, W]`` in float32.
         """
-        batch, _, frames, height, width = latents.shape
-        pt, ph, pw = self.config.patch_size
-        # x: [B, C, F, h, w] -> [B, F, T, C] with T = h * w tokens per frame
-        x = self.patch_embedding(latents.to(self.dtype))
-        grid = x.shape[2:]
-        if self.config.spatial_pos_embed:
-            x = x + spatial_sincos(self.config.dim, *grid[1:]).to(x)[:, None]
-        x = x.flatten(3).permute(0, 2, 3, 1).float()
+        x, grid = self.patchify(latents)
         time_emb, time_mod = self.time_embeddings(timesteps.to(self.device))
         for layer, block in enumerate(self.blocks):
             x = block(x, time_mod, layer, attention, context.keys[layer], context.values[layer])
-        out = self.head(x, time_emb)  # [B, F, T, C_out * pt * ph * pw]
-        out = out.float().view(batch, *grid, pt, ph, pw, -1)
+        return self.unpatchify(self.head(x, time_emb), grid)
+
+    def patchify(self, latents: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        """``latents [B, C_in, F, H, W]`` -> tokens ``[B, F, T, C]`` float32 (``T = h * w``
+        per latent frame) and the token grid ``(F, h, w)``."""
+        x = self.patch_embedding(latents.to(self.dtype))
+        grid = tuple(x.shape[2:])
+        if self.config.spatial_pos_embed:
+            x = x + spatial_sincos(self.config.dim, *grid[1:]).to(x)[:, None]
+        return x.flatten(3).permute(0, 2, 3, 1).float(), grid
+
+    def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """The head's ``[B, F, T, C_out * pt * ph * pw]`` -> flow ``[B, C_out, F * pt, H, W]``
+        float32."""
+        pt, ph, pw = self.config.patch_size
+        frames, height, width = grid
+        out = out.float().view(out.shape[0], *grid, pt, ph, pw, -1)
         out = out.permute(0, 7, 1, 4, 2, 5, 3, 6)
-        return out.reshape(batch, -1, frames * pt, height, width)
+        return out.reshape(out.shape[0], -1, frames * pt, height * ph, width * pw)
