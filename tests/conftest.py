@@ -48,3 +48,11 @@ def random_head_map(config: WanConfig, seed: int = 0, preset: str = "test"):
         order = torch.randperm(config.num_heads, generator=generator).tolist()
         labels.append(tuple(row[i] for i in order))
     return HeadMap(preset=preset, labels=tuple(labels))
+
+
+@pytest.fixture(autouse=True)
+def _grad_probe(request):
+    """No test leaves autograd switched off: a library generator that held inference mode
+    across a yield once did, when two streams were interleaved."""
+    yield
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled(), request.node.nodeid

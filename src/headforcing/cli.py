@@ -593,7 +593,6 @@ def describe_run(args, pipeline, policy, head_map_source: str, num_frames: int, 
 def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy, head_map) -> int:
     """``generate --parallel heads``: one stream over the ranks of a torchrun launch, each rank
     holding its heads' K/V; every rank runs the same chunk loop, rank 0 decodes and writes."""
-    from headforcing.cache.policies import HeadForcingPolicy
     from headforcing.distributed import HeadParallel, backend_for, join_world, launched
 
     if not launched():
@@ -611,7 +610,7 @@ def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy,
         pipeline = build_pipeline(args)
         check_toy_prompts(pipeline, prompts)
         policy, source = attach_head_map(policy, head_map, pipeline)
-        if isinstance(policy, HeadForcingPolicy) and policy.head_map is None:
+        if getattr(policy, "head_map", "-") is None:  # a head-map policy without one
             # every rank profiles the same map (same prompt, seed, weights): nothing to send
             profiled = pipeline.calibrate(prompts, args.seed)
             if world.is_main:
@@ -746,7 +745,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             check_toy_prompts(pipeline, item.prompt)
         for name, policy in policies.items():
             policy, source = attach_head_map(policy, head_map, pipeline)
-            if name == "head_forcing" and policy.head_map is None:
+            if getattr(policy, "head_map", "-") is None:  # a head-map policy without one
                 # once, on the first item, the same on every rank: every video gets one map
                 profiled = pipeline.calibrate(items[0].prompt, args.seed)
                 if world.is_main:
@@ -772,7 +771,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         report = run_batch(
-            pipeline, jobs, policies.__getitem__, out_dir, world, settings, args.switch
+            pipeline, jobs, policies.__getitem__, out_dir, world, settings, args.switch, args.scale
         )
         if world.is_main:
             print(
@@ -1259,6 +1258,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="item i's seed is SEED + i unless the item gives one"
     )
     add_switch_argument(batch.add_argument_group("prompt switch"))
+    add_scale_argument(batch)
     add_model_arguments(batch)
     add_real_model_arguments(batch)
     add_batch_policy_arguments(batch)

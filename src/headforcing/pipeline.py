@@ -233,10 +233,12 @@ class Pipeline:
             switch or cache.policy.default_switch,
             keep_history=not fixed or len(prompt.segments) > 1,
         )
-        with torch.inference_mode():
-            generator = torch.Generator().manual_seed(seed)
-            text = context = None
-            while cache.frames_done < num_frames:
+        generator = torch.Generator().manual_seed(seed)
+        text = context = None
+        while cache.frames_done < num_frames:
+            # inference mode for the work, never across a yield: a consumer interleaving two
+            # streams (or suspending one) would otherwise leave it switched on or off
+            with torch.inference_mode():
                 # the prompt can only change here, between two chunks
                 asked = prompt.prompt_at(cache.frames_done)
                 if asked != text:
@@ -246,11 +248,11 @@ class Pipeline:
                     text = asked
                 end = min(cache.frames_done + cache.chunk_frames, num_frames)
                 runner = self.model if cache.observers else (self.parallel or self.runner)
-                for chunk in generate_chunks(
+                (chunk,) = generate_chunks(
                     runner, cache, context, end, self.latent_shape, generator, self.schedule
-                ):
-                    switcher.remember(chunk)
-                    yield replace(chunk, prompt=text)
+                )
+                switcher.remember(chunk)
+            yield replace(chunk, prompt=text)
 
     def stream(
         self,

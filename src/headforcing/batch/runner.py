@@ -41,11 +41,13 @@ def run_batch(
     out_dir: Path,
     world: World,
     settings: dict,
-    switch: str = "head-aware",
+    switch: str | None = None,
+    scale: int | str = "auto",
 ) -> BatchReport:
     """Make every pending job of ``jobs`` on the ranks of ``world``; rank 0 shows progress and
     merges the manifest at the end. ``policy_of(name)``: the policy of a job (head map
-    attached); ``settings``: recorded in every row."""
+    attached); ``settings``: recorded in every row; ``scale``: of the written frames (as
+    ``generate --scale``)."""
     files = [job.file for job in jobs]
     pending = None
     if world.is_main:  # one rank reads the disk: every rank splits the same list
@@ -61,7 +63,8 @@ def run_batch(
         for number in mine:
             job = jobs[number]
             pipeline.model.set_head_order(fresh_order)  # as a fresh `generate` process has it
-            row = make_video(pipeline, job, policy_of(job.policy), out_dir, world.rank, switch)
+            policy = policy_of(job.policy)
+            row = make_video(pipeline, job, policy, out_dir, world.rank, switch, scale)
             append_row(rank_manifest(out_dir, world.rank), {**row, "settings": settings})
             print(
                 f"rank {world.rank}: {job.file} ({row['pixel_frames']} frames, "
@@ -80,9 +83,13 @@ def run_batch(
     return BatchReport(len(jobs), skipped, len(mine), manifest)
 
 
-def make_video(pipeline, job: Job, policy, out_dir: Path, rank: int, switch: str) -> dict:
-    """Write one job's video (under ``.partial/`` until whole) and return its manifest row."""
+def make_video(pipeline, job: Job, policy, out_dir: Path, rank: int, switch, scale="auto") -> dict:
+    """Write one job's video (under ``.partial/`` until whole) and return its manifest row: the
+    same file ``generate`` writes (frames, scale, run record), decoded and written beside the
+    next chunk's generation."""
     from headforcing.interrupts import deferred_interrupt
+    from headforcing.io.provenance import run_metadata
+    from headforcing.io.scale import display_scale
     from headforcing.io.video import VideoWriter
 
     target = out_dir / job.file
@@ -91,12 +98,23 @@ def make_video(pipeline, job: Job, policy, out_dir: Path, rank: int, switch: str
     began = time.perf_counter()
     kv_bytes = 0
     fps = pipeline.preset.video.fps
-    with VideoWriter(partial, fps=fps, overwrite=True) as writer:
-        stream = pipeline.stream(job.item.prompt, job.frames, policy, seed=job.seed, switch=switch)
-        for chunk in stream:
+    scale = display_scale(pipeline.height, pipeline.width, scale)
+    metadata = run_metadata(pipeline, job.item.prompt, job.seed, policy, job.frames)
+    with VideoWriter(partial, fps=fps, overwrite=True, scale=scale, metadata=metadata) as writer:
+        stream = pipeline.stream(
+            job.item.prompt,
+            job.frames,
+            policy,
+            seed=job.seed,
+            switch=switch,
+            write=lambda chunk: writer.write(chunk.frames[0]),
+        )
+        try:
+            for chunk in stream:
+                kv_bytes = max(kv_bytes, chunk.kv_bytes)
+        finally:
             with deferred_interrupt():
-                writer.write(chunk.frames[0])
-            kv_bytes = max(kv_bytes, chunk.kv_bytes)
+                stream.close()  # the chunk in the worker is written before the file closes
     os.replace(partial, target)
     return {
         "file": job.file,
