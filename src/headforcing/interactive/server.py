@@ -123,10 +123,12 @@ class LiveServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
 
-    # at most max_handlers threads: the accept loop waits for a free slot (or drops the
-    # connection after a socket timeout), so idle connections cannot pile up threads
+    # at most max_handlers threads: the accept loop waits for a free slot, so idle connections
+    # cannot pile up threads. It waits twice the socket timeout before dropping a connection:
+    # a handler stuck on a half-sent request frees its slot after one socket timeout, so a
+    # request queued behind a flood of them is answered, not dropped
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(timeout=self.socket_timeout):
+        if not self._slots.acquire(timeout=2 * self.socket_timeout):
             self.shutdown_request(request)
             return
         try:
