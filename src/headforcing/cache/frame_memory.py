@@ -59,56 +59,25 @@ class FrameMemory:
         return FrameStore(self, group, base, band_base)
 
 
-class FrameStore:
-    """One group's frame slots ``base .. base + capacity * T``; ``frames`` (host) the newest
-    frame in every slot, ``counts`` (host) how many frames a bucket averaged."""
+class FrameSlots:
+    """Whole-slot memories (frames, merged frames): ``slots`` slots of ``tokens`` tokens from
+    ``base``, ``frames`` (host) the newest frame in every slot, one temporal position each in
+    the order of their frames. Which frame goes where is the host's to decide."""
 
-    def __init__(self, rule: FrameMemory, group: HeadGroup, base: int, band_base) -> None:
-        self.rule = rule
-        self.tokens = group.tokens_per_frame
-        self.region = slice(base, base + rule.capacity_frames * self.tokens)
+    def __init__(self, slots: int, tokens: int, group: HeadGroup, base: int, band_base) -> None:
+        self.tokens = tokens
+        self.region = slice(base, base + slots * tokens)
         self.base, self.band_base = base, band_base
-        self.frames: list[int | None] = [None] * rule.capacity_frames
-        self.counts = [0] * rule.capacity_frames
+        self.frames: list[int | None] = [None] * slots
         self.known_full = False
         self.device = group.keys.device
 
-    def _slot(self, frame: int) -> int | None:
-        rule = self.rule
-        if rule.mode == "strided":
-            return (
-                (frame // rule.interval) % rule.capacity_frames
-                if frame % rule.interval == 0
-                else None
-            )
-        return (frame % rule.interval) * rule.capacity_frames // rule.interval
+    def slot_range(self, slot: int, base: int | None = None) -> slice:
+        start = (self.base if base is None else base) + slot * self.tokens
+        return slice(start, start + self.tokens)
 
-    def absorb(self, group: HeadGroup, frame: int, start: int) -> None:
-        slot = self._slot(frame)
-        if slot is None:
-            return
-        tokens = self.tokens
-        source = slice(start, start + tokens)
-        target = slice(self.base + slot * tokens, self.base + (slot + 1) * tokens)
-        band = None
-        if group.band is not None:
-            band = group.unrotate(group.keys[:, :, source, : group.band_dim], frame)
-            band_target = slice(
-                self.band_base + slot * tokens, self.band_base + (slot + 1) * tokens
-            )
-        count = self.counts[slot] if self.rule.mode == "buckets" else 0
-        pairs = [(group.keys[:, :, target], group.keys[:, :, source])]
-        pairs.append((group.values[:, :, target], group.values[:, :, source]))
-        if band is not None:
-            pairs.append((group.band[:, :, band_target], band))
-        for old, new in pairs:
-            if count:  # a running mean over the bucket's frames
-                old.lerp_(new, 1.0 / (count + 1))
-            else:
-                old.copy_(new)
-        group.slot_token[target] = group.slot_token[source]
+    def took(self, slot: int, frame: int) -> None:
         self.frames[slot] = frame
-        self.counts[slot] = count + 1
         self.known_full = all(held is not None for held in self.frames)
 
     def positions(self) -> torch.Tensor:
@@ -132,17 +101,65 @@ class FrameStore:
         return mask
 
     def after_rewind(self, group: HeadGroup, keep: torch.Tensor) -> None:
+        """A slot that lost any token goes whole."""
         kept = keep[self.region].view(len(self.frames), self.tokens).all(dim=1).tolist()
         for slot, whole in enumerate(kept):
             if not whole:
-                self.frames[slot], self.counts[slot] = None, 0
-                group.slot_token[
-                    self.base + slot * self.tokens : self.base + (slot + 1) * self.tokens
-                ] = -1
-        self.known_full = False
+                self.forget(slot)
+                group.slot_token[self.slot_range(slot)] = -1
+        self.known_full = all(frame is not None for frame in self.frames)
+
+    def forget(self, slot: int) -> None:
+        self.frames[slot] = None
 
     def on_prompt_switch(self) -> None:
         return None
 
     def state_tensors(self) -> list[torch.Tensor]:
         return []
+
+
+class FrameStore(FrameSlots):
+    """One group's frame slots ``base .. base + capacity * T``; ``frames`` (host) the newest
+    frame in every slot, ``counts`` (host) how many frames a bucket averaged."""
+
+    def __init__(self, rule: FrameMemory, group: HeadGroup, base: int, band_base) -> None:
+        super().__init__(rule.capacity_frames, group.tokens_per_frame, group, base, band_base)
+        self.rule = rule
+        self.counts = [0] * rule.capacity_frames
+
+    def _slot(self, frame: int) -> int | None:
+        rule = self.rule
+        if rule.mode == "strided":
+            return (
+                (frame // rule.interval) % rule.capacity_frames
+                if frame % rule.interval == 0
+                else None
+            )
+        return (frame % rule.interval) * rule.capacity_frames // rule.interval
+
+    def absorb(self, group: HeadGroup, frame: int, start: int) -> None:
+        slot = self._slot(frame)
+        if slot is None:
+            return
+        source, target = slice(start, start + self.tokens), self.slot_range(slot)
+        band = None
+        if group.band is not None:
+            band = group.unrotate(group.keys[:, :, source, : group.band_dim], frame)
+            band_target = self.slot_range(slot, self.band_base)
+        count = self.counts[slot] if self.rule.mode == "buckets" else 0
+        pairs = [(group.keys[:, :, target], group.keys[:, :, source])]
+        pairs.append((group.values[:, :, target], group.values[:, :, source]))
+        if band is not None:
+            pairs.append((group.band[:, :, band_target], band))
+        for old, new in pairs:
+            if count:  # a running mean over the bucket's frames
+                old.lerp_(new, 1.0 / (count + 1))
+            else:
+                old.copy_(new)
+        group.slot_token[target] = group.slot_token[source]
+        self.counts[slot] = count + 1
+        self.took(slot, frame)
+
+    def forget(self, slot: int) -> None:
+        self.frames[slot], self.counts[slot] = None, 0

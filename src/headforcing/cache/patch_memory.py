@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from headforcing.cache.frame_memory import FrameSlots
+
 if TYPE_CHECKING:
     from headforcing.cache.kv import HeadGroup
 
@@ -50,19 +52,15 @@ class PatchMemory:
         return PatchStore(self, group, base, band_base)
 
 
-class PatchStore:
-    """One group's merged frames (host bookkeeping: the frame in every slot, FIFO order)."""
+class PatchStore(FrameSlots):
+    """One group's merged frames, first in first out."""
 
     def __init__(self, rule: PatchMemory, group: HeadGroup, base: int, band_base) -> None:
+        tokens = group.tokens_per_frame // rule.patch**2
+        super().__init__(rule.capacity_frames, tokens, group, base, band_base)
         self.rule = rule
         self.grid = group.cache.token_grid
-        self.tokens = group.tokens_per_frame // rule.patch**2
-        self.region = slice(base, base + rule.capacity_frames * self.tokens)
-        self.base, self.band_base = base, band_base
-        self.frames: list[int | None] = [None] * rule.capacity_frames
         self.absorbed = 0
-        self.known_full = False
-        self.device = group.keys.device
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, Hg, T, C]`` -> ``[B, Hg, T / p^2, C]``: the mean of every patch."""
@@ -73,53 +71,15 @@ class PatchStore:
     def absorb(self, group: HeadGroup, frame: int, start: int) -> None:
         slot = self.absorbed % self.rule.capacity_frames
         self.absorbed += 1
-        source = slice(start, start + group.tokens_per_frame)
-        target = slice(self.base + slot * self.tokens, self.base + (slot + 1) * self.tokens)
+        source, target = slice(start, start + group.tokens_per_frame), self.slot_range(slot)
         keys = group.keys[:, :, source]
         group.keys[:, :, target] = self.merge(keys.float()).to(keys.dtype)
         group.values[:, :, target] = self.merge(group.values[:, :, source].float()).to(keys.dtype)
         if group.band is not None:
             raw = group.unrotate(keys[..., : group.band_dim], frame)
-            band = slice(
-                self.band_base + slot * self.tokens, self.band_base + (slot + 1) * self.tokens
-            )
+            band = self.slot_range(slot, self.band_base)
             group.band[:, :, band] = self.merge(raw.float()).to(raw.dtype)
         (height, width), patch = self.grid, self.rule.patch
         corners = group.slot_token[source].view(height, width)[::patch, ::patch].flatten()
         group.slot_token[target] = corners
-        self.frames[slot] = frame
-        self.known_full = all(held is not None for held in self.frames)
-
-    def positions(self) -> torch.Tensor:
-        order = sorted((frame, slot) for slot, frame in enumerate(self.frames) if frame is not None)
-        rank = [0] * len(self.frames)
-        for position, (_, slot) in enumerate(order):
-            rank[slot] = position
-        return torch.tensor(rank, device=self.device).repeat_interleave(self.tokens)
-
-    def span(self) -> int:
-        return sum(frame is not None for frame in self.frames)
-
-    def full(self) -> torch.Tensor:
-        return torch.tensor(self.known_full)
-
-    def slot_mask(self, capacity: int) -> torch.Tensor:
-        mask = torch.zeros(capacity, dtype=torch.bool, device=self.device)
-        held = torch.tensor([frame is not None for frame in self.frames], device=self.device)
-        mask[self.region] = held.repeat_interleave(self.tokens)
-        return mask
-
-    def after_rewind(self, group: HeadGroup, keep: torch.Tensor) -> None:
-        kept = keep[self.region].view(len(self.frames), self.tokens).all(dim=1).tolist()
-        for slot, whole in enumerate(kept):
-            if not whole:
-                self.frames[slot] = None
-                start = self.base + slot * self.tokens
-                group.slot_token[start : start + self.tokens] = -1
-        self.known_full = all(frame is not None for frame in self.frames)
-
-    def on_prompt_switch(self) -> None:
-        return None
-
-    def state_tensors(self) -> list[torch.Tensor]:
-        return []
+        self.took(slot, frame)
