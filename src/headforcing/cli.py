@@ -212,17 +212,7 @@ def check_run_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]
         raise ValueError(f"--{error}") from None
     check_weights_given(args)
     if getattr(args, "model", None):
-        from headforcing.io.wan_files import RealFiles
-
-        RealFiles(  # names a missing or misplaced file now, not after a minute of loading
-            model=args.model,
-            checkpoint=args.checkpoint,
-            wan_dir=args.wan_dir,
-            diffusers_dir=args.diffusers_dir,
-            lora=args.lora,
-            lora_alpha=args.lora_alpha,
-            use_ema=not args.no_ema,
-        )
+        real_files(args)  # names a missing or misplaced file now, not after a minute of loading
     if getattr(args, "text_device", None):
         resolve_device(args.text_device, "--text-device")
     device = resolve_device(args.device)
@@ -356,6 +346,21 @@ def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def real_files(args: argparse.Namespace):
+    """The real weights' files the arguments name (checked as they are named)."""
+    from headforcing.io.wan_files import RealFiles
+
+    return RealFiles(
+        model=args.model,
+        checkpoint=args.checkpoint,
+        wan_dir=args.wan_dir,
+        diffusers_dir=args.diffusers_dir,
+        lora=args.lora,
+        lora_alpha=args.lora_alpha,
+        use_ema=not args.no_ema,
+    )
+
+
 def build_pipeline(args: argparse.Namespace):
     """The pipeline the arguments name; with --compile, its passes run through torch.compile."""
     pipeline = load_pipeline(args)
@@ -372,17 +377,9 @@ def load_pipeline(args: argparse.Namespace):
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if model_kind:
-        from headforcing.io.wan_files import RealFiles, load_real_parts
+        from headforcing.io.wan_files import load_real_parts
 
-        files = RealFiles(
-            model=model_kind,
-            checkpoint=args.checkpoint,
-            wan_dir=args.wan_dir,
-            diffusers_dir=args.diffusers_dir,
-            lora=args.lora,
-            lora_alpha=args.lora_alpha,
-            use_ema=not args.no_ema,
-        )
+        files = real_files(args)
         text_device = resolve_device(args.text_device) if args.text_device else device
         parts = load_real_parts(
             files,
