@@ -993,11 +993,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device, dtype = pipeline.model.device, pipeline.model.dtype
         pipeline.decoder = WanVAEDecoder(AutoencoderKLWan(), device=device, dtype=dtype)
     device = pipeline.model.device
-    rows = []
+    rows, head_map = [], None
     for name in args.policies:
         policy = make_policy(name, positions=args.positions)
-        if name == "head_forcing":
-            policy = policy.with_head_map(bench_head_map(pipeline, args.head_map))
+        if getattr(policy, "head_map", "-") is None:  # a head-map policy: one map for all
+            head_map = head_map or bench_head_map(pipeline, args.head_map)
+            policy = policy.with_head_map(head_map)
         for seconds in args.seconds:
             frames = pipeline.latent_frames(seconds)
             if name == "full" and device.type == "cuda":
