@@ -135,6 +135,10 @@ CASES = {
         "give a name ending in .mp4",
     ),
     "--out exists": (["generate", "x", *TINY, "--out", "{d}/exists.mp4"], "--overwrite"),
+    "profile --out exists": (
+        ["profile", "x", "--preset", "tiny", "--out", "{d}/exists.mp4"],
+        "already exists (or is a link); pass --overwrite",
+    ),
     "--out is a link": (
         ["generate", "x", *TINY, "--overwrite", "--out", "{d}/link.mp4"],
         "is a symbolic link",

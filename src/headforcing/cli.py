@@ -1060,6 +1060,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ValueError("give prompts: PROMPT arguments or --prompts FILE (one per line)")
+    for path in (args.out, args.png or args.out.with_suffix(".png")):
+        if path.is_symlink() or (path.exists() and not args.overwrite):
+            raise ValueError(
+                f"--out {path} already exists (or is a link); pass --overwrite to replace it, "
+                "or choose another --out"
+            )
     check_run_args(args)
     settings = ProfileSettings(
         chunks=tuple(args.chunks), query_rows=args.query_rows, frames=args.frames
@@ -1321,6 +1327,7 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--prompts", type=Path, help="a file of prompts, one per line")
     profile.add_argument("--out", type=Path, default=Path("head_map.json"), help="head map JSON")
     profile.add_argument("--png", type=Path, help="the picture (default: next to --out)")
+    profile.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     profile.add_argument("--frames", type=int, default=21, help=f"{FRAMES_HELP} per rollout")
     profile.add_argument(
         "--chunks", type=int, nargs="+", default=[3, 4, 5, 6], help="chunks whose attention is read"
