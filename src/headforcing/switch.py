@@ -70,8 +70,7 @@ def recache_span(cache: KVCache) -> int | None:
 class CleanHistory:
     """The clean latents of the last frames, for a re-cache to re-run.
 
-    ``limit``: frames to keep (``None``: all, for ``full``); evaluated on every append, so a
-    cache that regroups to smaller spans keeps fewer.
+    ``limit``: frames to keep (``None``: all, for ``full``), given on every append.
     """
 
     def __init__(self) -> None:
