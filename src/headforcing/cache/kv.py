@@ -13,7 +13,7 @@ Lifecycle of one chunk (DESIGN.md, "The engine"):
    score how much sampled queries attend to every stored token.
 4. ``end_chunk()``: frames that leave the recent window are dropped or handed to the memory, all
    by tensor operations on the device. While some memory is not yet known to be full, one small
-   tensor is read once per chunk (its episode counts); afterwards not even that.
+   tensor is read once per chunk (whether each is full); afterwards not even that.
 
 Positions. Every key in a buffer is rotated at an *absolute* temporal phase: the chunk's queries
 and keys at their own frame index, so a contiguous run of recent frames never needs re-rotation
@@ -24,11 +24,11 @@ channels (44 of 128 for Wan) for those tokens only. The layout a group reports
 (:attr:`HeadGroup.layout`) is the relative one; it differs from what the kernel computes by one
 shift of all positions, which no attention score can tell apart.
 
-Buffers of a group (``Hg`` heads, ``T`` tokens per frame): ``[sink S*T | ring (R+C)*T |
-episodes E*Te]`` keys and values, the ring holding the recent frames and the chunk (frame ``f``
+Buffers of a group (``Hg`` heads, ``T`` tokens per frame): ``[sink S*T | long-term memory |
+ring (R+C)*T]`` keys and values, the ring holding the recent frames and the chunk (frame ``f``
 in frame-slot ``(f - S) mod (R + C)``), plus per slot its token id (``-1``: empty) and, for
-memory groups, its importance. ``full`` is the one unbounded retention: its ring grows by
-doubling.
+memories that select by attention, its importance. A ring larger than the video so far grows
+by doubling up to its bound; ``full`` is the one unbounded retention.
 """
 
 from __future__ import annotations
