@@ -130,7 +130,7 @@ def test_schedule_invariants_without_a_file():
         ([], "give a PROMPT or --prompts FILE (a prompt schedule), one of them"),
         (["a prompt", "--prompts", "{path}"], "not both"),
         (["--prompts", "{path}", "--seconds", "2"], "line 2: starts at latent frame 12"),
-        (["--prompts", "{missing}"], "cannot read the prompt schedule"),
+        (["--prompts", "{missing}"], "nope.jsonl: cannot read it (No such file"),
         (["a prompt", "--switch-frames", "40"], "--switch-frames goes with --prompts"),
         (["--prompts", "{path}", "--switch-frames", "4x"], "give latent frames like 40,80"),
         (["a prompt", "--switch", "purge"], None),

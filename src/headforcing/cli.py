@@ -1101,15 +1101,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def read_text_file(path: Path, option: str) -> str:
     """A UTF-8 text file named by ``option``, with one-line errors that name it."""
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"{option} {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-            f"{error.start}); save it as UTF-8"
-        ) from None
-    except OSError as error:
-        raise ValueError(f"{option} {path}: cannot read it ({error.strerror})") from None
+    from headforcing.io.files import read_text
+
+    return read_text(path, option)
 
 
 def cmd_recall(args: argparse.Namespace) -> int:

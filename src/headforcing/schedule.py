@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from headforcing.io.files import read_text
+
 OURS_KEYS = {"prompt", "seconds", "frame"}
 LONGLIVE_KEYS = {"prompts", "switch_frame_indices"}
 
@@ -151,15 +153,7 @@ def load_schedule(
     Raises ValueError naming the file and the line of the first problem.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"the prompt schedule {path} is not UTF-8 text (byte "
-            f"{error.object[error.start]:#04x} at offset {error.start}); save it as UTF-8"
-        ) from None
-    except OSError as error:
-        raise ValueError(f"cannot read the prompt schedule {path}: {error.strerror}") from None
+    text = read_text(path, "the prompt schedule")
     entries = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from headforcing.io.files import read_text
 from headforcing.schedule import FrameClock, PromptSchedule, schedule_from_entries
 
 ITEM_KEYS = {"prompt", "prompts", "switch_frame_indices", "seed", "policy", "seconds", "frames"}
@@ -59,15 +60,7 @@ class BatchItem:
 
 def read_items(path: Path, clock: FrameClock) -> list[BatchItem]:
     """The items of a prompt file (see the module docstring); ValueError names file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(
-            f"PROMPTS {path} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
-            f"{error.start}); save it as UTF-8"
-        ) from None
-    except OSError as error:
-        raise ValueError(f"PROMPTS {path}: cannot read it ({error.strerror})") from None
+    text = read_text(path, "PROMPTS")
     items = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
