@@ -267,23 +267,28 @@ def segment_metrics(
     )
 
 
+def segment_bounds(num_frames: int, segment_frames: int = SEGMENT_FRAMES) -> list[tuple[int, int]]:
+    """``(start, end)`` frame indices of every segment of a ``num_frames`` video: runs of
+    ``segment_frames``, a last piece shorter than half a segment merged into the previous one."""
+    if segment_frames < 2:
+        raise ValueError(f"segment_frames must be >= 2, got {segment_frames}")
+    bounds = [*range(0, num_frames, segment_frames), num_frames]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] < segment_frames // 2:
+        del bounds[-2]
+    return list(itertools.pairwise(bounds))
+
+
 def video_metrics(
     frames: np.ndarray | torch.Tensor,
     scenes: Scene | Sequence[Scene],
     segment_frames: int = SEGMENT_FRAMES,
 ) -> list[SegmentMetrics]:
-    """Metrics of every ``segment_frames`` segment of a video (a last piece shorter than half a
-    segment is merged into the previous one)."""
+    """Metrics of every segment of a video (:func:`segment_bounds`)."""
     frames = as_uint8_video(frames)
     scenes = _per_frame_scenes(scenes, len(frames))
-    if segment_frames < 2:
-        raise ValueError(f"segment_frames must be >= 2, got {segment_frames}")
-    bounds = [*range(0, len(frames), segment_frames), len(frames)]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] < segment_frames // 2:
-        del bounds[-2]
     return [
         segment_metrics(frames[start:end], scenes[start:end])
-        for start, end in itertools.pairwise(bounds)
+        for start, end in segment_bounds(len(frames), segment_frames)
     ]
 
 
