@@ -514,7 +514,14 @@ def test_demo_writes_video_report_and_pictures(tmp_path, capsys):
     assert video.shape[0] == 42 and video.shape[2] > 3 * 128  # three labelled panels
     report = (tmp_path / "report.md").read_text()
     for name in ("real clip", "window-21 (absolute)", "head_forcing"):
-        assert f"| {name} | drift |" in report
+        assert f"| {name} | 1-21 |" in report and f"| {name} | 22-42, mean |" in report
+        for segment in ("| 1 | 1-21 |", "| 2 | 22-42 |"):
+            assert f"{segment} {name} |" in report
     for picture in ("metrics_over_time.png", "head_map.png"):
         assert (tmp_path / picture).read_bytes()[:4] == b"\x89PNG"
-    assert "side-by-side video" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "side-by-side video" in out
+    # the last line printed is the report's summary, about the one segment past the horizon
+    summary = out.strip().splitlines()[-1]
+    assert f"**Summary:** {summary}" in report.splitlines()
+    assert summary.startswith("after the 21-frame training horizon (1 later segment")

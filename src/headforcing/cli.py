@@ -1169,11 +1169,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         video = args.out_dir / DEMO_FILES["video"]
         print(f"interrupted ({stop}): {video} holds the chunks made so far", file=sys.stderr)
         return exit_code(stop)
-    print(report.report.read_text())
     print(
-        f"side-by-side video: {report.video}\nmetrics over time: {report.plot}\n"
-        f"head map: {report.head_map_picture}"
+        f"side-by-side video: {report.video}\nreport: {report.report}\n"
+        f"metrics over time: {report.plot}\nhead map: {report.head_map_picture}\n"
     )
+    print(report.summary)
     return 0
 
 

@@ -1,5 +1,6 @@
 """``headforcing demo``: the toy model far past its training horizon, Head Forcing beside a
-baseline, with a report (metrics table, metrics over time, the head map)."""
+baseline, with a report (``headforcing.toyworld.demo_report``: the horizon and the mean after
+it with intervals, every segment, metrics over time) and the head map."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import torch
 
 from headforcing.heads.headmap import HeadMap
 from headforcing.pipeline import Pipeline
+from headforcing.toyworld.demo_report import plot_over_time, report_text, summary_line
 from headforcing.toyworld.evaluate import EVAL_PROMPTS
-from headforcing.toyworld.longrun import METRICS, baseline_policies
-from headforcing.toyworld.metrics import SEGMENT_FRAMES, video_metrics
+from headforcing.toyworld.longrun import baseline_policies
+from headforcing.toyworld.metrics import segment_bounds, video_metrics
 from headforcing.toyworld.world import Scene, render_clip
 
 DEMO_PROMPT = "a blue square and a yellow circle bounce over a gray checkered background"
@@ -54,6 +56,7 @@ class DemoReport:
     report: Path
     plot: Path
     head_map_picture: Path
+    summary: str  # one line: the errors after the training horizon, compared
 
 
 def toy_head_map(pipeline: Pipeline) -> HeadMap:
@@ -101,30 +104,6 @@ def panel_layout(names, size: int, scale: int) -> list[dict]:
         }
         for index, name in enumerate(names)
     ]
-
-
-def plot_over_time(per_policy: dict[str, list], path: Path) -> Path:
-    """One panel per metric: its value per 21-frame segment, a line per policy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(2, 4, figsize=(15, 6.5))
-    for axis, metric in zip(axes.flat, METRICS, strict=False):
-        for name, segments in per_policy.items():
-            ends = [(index + 1) * SEGMENT_FRAMES for index in range(len(segments))]
-            axis.plot(ends, [getattr(s, metric) for s in segments], label=name)
-        axis.set_title(metric)
-        axis.set_xlabel("frame")
-    axes.flat[-1].axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    axes.flat[-1].legend(handles, labels, loc="center")
-    figure.suptitle(f"toy world: metrics per {SEGMENT_FRAMES}-frame segment (training horizon 21)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
 
 
 def run_demo(
@@ -195,35 +174,16 @@ def run_demo(
     finally:
         with deferred_interrupt():
             writer.close()
+    # measure every segment of every video, then report
     generated = {name: np.concatenate(chunks) for name, chunks in videos.items()}
-    per_policy = {
+    per_video = {
         name: video_metrics(video, scene)
         for name, video in {"real clip": real, **generated}.items()
     }
-    plot = plot_over_time(per_policy, out_dir / DEMO_FILES["plot"])
+    bounds = segment_bounds(frames)
+    plot = plot_over_time(per_video, bounds, out_dir / DEMO_FILES["plot"])
     picture = plot_head_map(head_map, out_dir / DEMO_FILES["head_map"])
     report = out_dir / DEMO_FILES["report"]
-    report.write_text(_report(prompt, frames, per_policy))
-    return DemoReport(video_path, report, plot, picture)
-
-
-def _report(prompt: str, frames: int, per_policy: dict[str, list]) -> str:
-    lines = [
-        "# headforcing demo",
-        "",
-        f"Prompt: *{prompt}*. {frames} frames, {frames / 21:.0f}x the training horizon of 21.",
-        "Metrics of the first and the last 21-frame segment, and drift = |last - first|",
-        "(see headforcing.toyworld.metrics for each definition; lower is better except",
-        "sharpness_ratio, best at 1, and motion, best at the real clip's value).",
-        "",
-        "| video | segment | " + " | ".join(METRICS) + " |",
-        "|" + "---|" * (len(METRICS) + 2),
-    ]
-    for name, segments in per_policy.items():
-        first, last = segments[0], segments[-1]
-        for label, values in (("first", first.as_dict()), ("last", last.as_dict())):
-            cells = " | ".join(f"{values[m]:.3f}" for m in METRICS)
-            lines.append(f"| {name} | {label} | {cells} |")
-        drift = " | ".join(f"{abs(getattr(last, m) - getattr(first, m)):.3f}" for m in METRICS)
-        lines.append(f"| {name} | drift | {drift} |")
-    return "\n".join(lines) + "\n"
+    report.write_text(report_text(prompt, seed, per_video, bounds, baseline))
+    summary = summary_line(per_video, baseline)
+    return DemoReport(video_path, report, plot, picture, summary)
