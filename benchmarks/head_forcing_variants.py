@@ -1,92 +1,30 @@
-"""Head Forcing variants against the baselines on the toy world, on random prompts.
+"""Head Forcing's variants against its defaults and the baselines on the toy world.
 
-Every policy rolls out the same random scenes (``random_scene``, not the evaluation prompts) to
-``--frames`` frames; the table gives, averaged over the videos, the count and colour error of the
-first 21-frame segment, their mean over all later segments, and the last segment's count, colour
-and motion.
+Every policy rolls out the same reporting scenes and seeds (16 random scenes drawn with rng 791,
+none of the tuning sets, x seeds 0 and 1: 32 paired videos) to 210 frames (10x the horizon).
+Per video, every metric is averaged over the segments after the first (frames 22-210); the table
+gives each policy's mean with a bootstrap 95 % interval and the paired differences of every Head
+Forcing variant from ``head_forcing`` (defaults) and from each baseline, "no measurable
+difference" where the interval holds 0. The variants (``POLICY_SPECS`` in
+``headforcing/toyworld/longrun.py``): larger budgets (local 12, anchor recent 12, working 9, 3
+episodes), no episodes (working memory 12), no episodes and no sink (15 recent frames for anchor
+and memory heads); all within the 21 trained positions. The variants' parameters were looked at
+on another set (rng 780), which the reporting set excludes.
 
-    python benchmarks/head_forcing_variants.py [--prompts 8] [--rng 780] [--seeds 0]
-        [--frames 210] [--threads 2]
+It shares the long-horizon benchmark's results folder (``benchmark-results/toy-rng791/``): run
+after it, the baselines and ``head_forcing`` come from the first 210 frames of its rollouts and
+only the variants are made.
+
+    python benchmarks/head_forcing_variants.py --dry-run
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 benchmarks/head_forcing_variants.py
+    python benchmarks/head_forcing_variants.py --report-only
+
+Writes ``variants.md`` and ``variants.json`` into the results folder.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-import time
 
-import numpy as np
-import torch
-
-from headforcing.cache import make_policy
-from headforcing.toyworld.evaluate import sample_video
-from headforcing.toyworld.metrics import video_metrics
-from headforcing.toyworld.pretrained import load_toy_pipeline
-from headforcing.toyworld.world import Scene, random_scene
-
-# name -> policy parameters; every variant stays within the trained 21 positions
-VARIANTS: dict[str, tuple[str, dict]] = {
-    "full": ("full", {}),
-    "window-21 (relative)": ("window", {"positions": "relative"}),
-    "sink (relative)": ("sink", {"positions": "relative"}),
-    "head_forcing (defaults)": ("head_forcing", {}),
-    "head_forcing, larger budgets": (
-        "head_forcing",
-        {"local_frames": 12, "anchor_recent_frames": 12, "working_frames": 9, "max_episodes": 3},
-    ),
-    "head_forcing, no episodes": ("head_forcing", {"max_episodes": 0, "working_frames": 12}),
-    "head_forcing, no episodes, no sink": (
-        "head_forcing",
-        {"sink_frames": 0, "max_episodes": 0, "working_frames": 15, "anchor_recent_frames": 15},
-    ),
-}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=8, help="random scenes")
-    parser.add_argument("--rng", type=int, default=780, help="seed of the scene draw")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--frames", type=int, default=210)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    pipeline = load_toy_pipeline()
-    rng = np.random.default_rng(args.rng)
-    prompts = [random_scene(rng).prompt() for _ in range(args.prompts)]
-    began = time.perf_counter()
-    rows = []
-    for name, (policy_name, params) in VARIANTS.items():
-        per_video = []  # [videos, segments, (count, colour, motion)]
-        for prompt in prompts:
-            scene = Scene.from_prompt(prompt)
-            for seed in args.seeds:
-                policy = make_policy(policy_name, **params)
-                if policy_name == "head_forcing":
-                    policy = policy.with_head_map(pipeline.head_map)
-                video = sample_video(pipeline, prompt, args.frames, policy, seed)
-                per_video.append(
-                    [(m.count_error, m.colour_error, m.motion) for m in video_metrics(video, scene)]
-                )
-        errors = np.array(per_video)
-        rows.append((name, errors))
-        print(f"  {name}: {time.perf_counter() - began:.0f} s", file=sys.stderr)
-
-    last = f"{args.frames - 20}-{args.frames}"
-    print(
-        f"| policy | count 1-21 | count 22-{args.frames} | colour 22-{args.frames} "
-        f"| count {last} | colour {last} | motion {last} |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name, errors in rows:
-        first, later, final = errors[:, 0], errors[:, 1:], errors[:, -1]
-        print(
-            f"| {name} | {first[:, 0].mean():.2f} | {later[..., 0].mean():.2f} "
-            f"| {later[..., 1].mean():.2f} | {final[:, 0].mean():.2f} | {final[:, 1].mean():.2f} "
-            f"| {final[:, 2].mean():.2f} |"
-        )
-
+from headforcing.toyworld.benchmark import VARIANTS, main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(VARIANTS))

@@ -1,70 +1,34 @@
-"""Long-horizon quality of every cache policy on the toy world, against ground truth.
+"""Cache policies at 1x, 10x and 50x the training horizon on the toy world, with intervals.
 
-Profiles the toy model's heads (map + picture), then for every policy generates videos to the
-longest horizon and prints, at 21, 210 and 1050 frames, every metric of the 21-frame segment
-ending there, beside real clips.
+Every policy rolls out the same reporting scenes and seeds (16 random scenes drawn with rng 791,
+none of the tuning sets, x seeds 0 and 1: 32 paired videos) to 1050 frames; the tables give, at
+21, 210 and 1050 frames, the 21-frame segment ending there: each policy's mean of every metric
+against ground truth with a bootstrap 95 % interval (count and colour error; the other metrics
+as means), and the paired difference of ``head_forcing`` from each baseline, "no measurable
+difference" where its interval holds 0. One record per finished video in the results folder
+(``benchmark-results/toy-rng791/`` by default): a rerun skips what is done, so a run can be
+stopped and continued. Under ``torchrun`` the videos are split over the ranks by estimated cost.
 
-    python benchmarks/long_horizon.py [--out-dir benchmark-results] [--seeds 0 1]
+    # what is pending and what it costs, without running anything
+    python benchmarks/long_horizon.py --dry-run
+    # the full benchmark on two ranks of one thread each (about 3.7 thread-hours)
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 benchmarks/long_horizon.py
+    # cheaper: full (whose cost grows with the video) on 16 videos, or only to 210 frames
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 benchmarks/long_horizon.py \\
+        --limit full=16
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 benchmarks/long_horizon.py \\
+        --policy-frames full=210
+    # the tables of the videos done so far
+    python benchmarks/long_horizon.py --report-only
+
+Writes ``long_horizon.md`` and ``long_horizon.json`` (tables and settings), ``head_map.json``
+and ``head_map.png`` (the map Head Forcing uses, profiled on the evaluation prompts) and
+``videos.rank*.jsonl`` (the per-video records) into the results folder.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-import time
-from pathlib import Path
 
-import torch
-
-from headforcing.heads.plot import plot_head_map
-from headforcing.heads.profile import profile_heads
-from headforcing.toyworld.evaluate import EVAL_PROMPTS, real_metrics
-from headforcing.toyworld.longrun import (
-    HORIZONS,
-    baseline_policies,
-    format_results,
-    run_long_horizon,
-)
-from headforcing.toyworld.pretrained import load_toy_pipeline
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=Path("benchmark-results"))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--prompts", type=int, default=2, help="how many eval prompts")
-    parser.add_argument("--horizons", type=int, nargs="+", default=list(HORIZONS))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-
-    pipeline = load_toy_pipeline()
-    prompts = list(EVAL_PROMPTS[: args.prompts])
-    head_map = profile_heads(pipeline, list(EVAL_PROMPTS))
-    head_map.save(args.out_dir / "toy_head_map.json")
-    plot_head_map(head_map, args.out_dir / "toy_head_map.png")
-    print("toy head map:", head_map.counts(), file=sys.stderr)
-    for layer, labels in enumerate(head_map.labels):
-        print(f"  layer {layer}: {' '.join(labels)}", file=sys.stderr)
-
-    began = time.perf_counter()
-    results = run_long_horizon(
-        pipeline,
-        baseline_policies(head_map),
-        prompts,
-        seeds=args.seeds,
-        horizons=args.horizons,
-        progress=lambda name, prompt, seed: print(
-            f"  {name}: {prompt!r} seed {seed} ({time.perf_counter() - began:.0f} s)",
-            file=sys.stderr,
-        ),
-    )
-    real = real_metrics(prompts)[0]
-    table = format_results(results, real)
-    (args.out_dir / "long_horizon.md").write_text(table + "\n")
-    print(f"### toy world, {len(prompts)} prompts x {len(args.seeds)} seeds\n")
-    print(table)
-
+from headforcing.toyworld.benchmark import LONG_HORIZON, main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(LONG_HORIZON))
