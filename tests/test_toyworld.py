@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from headforcing.model import DenseAttention, WanModel, get_preset
+from headforcing.cache import make_policy
+from headforcing.model import DenseAttention, WanModel, block_causal_mask, get_preset
 from headforcing.toyworld.codec import ToyDecoder, decode_latents, encode_frames
 from headforcing.toyworld.evaluate import (
     ABSOLUTE_TOLERANCE,
@@ -18,6 +19,7 @@ from headforcing.toyworld.evaluate import (
     format_table,
     model_metrics,
     real_metrics,
+    sample_video,
 )
 from headforcing.toyworld.metrics import (
     TELEPORT_PIXELS,
@@ -35,10 +37,12 @@ from headforcing.toyworld.train import (
     Batch,
     DiffusionForcing,
     TrainConfig,
+    chunk_sigmas,
     own_input_levels,
     sample_batch,
     save,
     self_context_levels,
+    sink_only_mask,
     text_encoder_for,
     train,
 )
@@ -172,6 +176,21 @@ def test_patchify_is_exactly_invertible():
     assert torch.equal(decoded[0], torch.from_numpy(clip))
     pixel = decode_latents(latents)  # independent check of the layout: one 4x4 block
     assert torch.equal(pixel[0, :, 0, :4, :4], latents[0, :, 0, 0, 0].view(3, 4, 4))
+
+
+def test_first_frame_format_negates_only_the_videos_first_frame():
+    clip = render_clip(SCENE, 6, seed=0)
+    plain = encode_frames(clip[None])
+    latents = encode_frames(clip[None], first_negated=True)
+    assert torch.equal(latents[:, :, 0], -plain[:, :, 0])
+    assert torch.equal(latents[:, :, 1:], plain[:, :, 1:])
+    decoder = ToyDecoder(first_negated=True)
+    for _ in range(2):  # a second video after reset() starts with its first frame again
+        decoder.reset()
+        chunks = [decoder.decode_chunk(latents[:, :, i : i + 3]) for i in (0, 3)]
+        assert torch.equal(torch.cat(chunks, dim=1)[0], torch.from_numpy(clip))
+    # a later chunk that happens to start a latent tensor is not a first frame
+    assert not torch.equal(decoder.decode_chunk(latents[:, :, :3])[0], torch.from_numpy(clip[:3]))
 
 
 def test_text_encoder_pads_with_zero_and_tells_word_order_apart():
@@ -347,6 +366,77 @@ def test_training_script_records_the_chain_of_runs(tmp_path):
     assert "init" not in meta["init"]["init"]
 
 
+def test_sink_gap_clips_are_the_first_chunk_then_the_frames_after_a_gap():
+    config = TrainConfig(batch=6, random_start_prob=0.0, sink_gap_prob=1.0, sink_gap_max=30)
+    batch = sample_batch(6, config, step=0)
+    gaps = set()
+    for prompt, latents in zip(batch.prompts, batch.latents, strict=True):
+        scene = Scene.from_prompt(prompt)
+        found = [
+            gap
+            for gap in range(3, 31, 3)
+            if torch.equal(
+                latents,
+                encode_frames(
+                    np.concatenate(
+                        [render_clip(scene, 21 + gap)[:3], render_clip(scene, 21 + gap)[3 + gap :]]
+                    )[None]
+                )[0],
+            )
+        ]
+        assert len(found) == 1
+        gaps |= set(found)
+    assert len(gaps) > 1  # gaps are drawn, not fixed
+    with pytest.raises(ValueError, match="sink_gap_max"):
+        TrainConfig(sink_gap_prob=0.5, sink_gap_max=2)
+
+
+def test_first_chunk_clean_share_and_sink_truth():
+    generator = torch.Generator().manual_seed(0)
+    canonical = torch.zeros(4000, dtype=torch.bool)
+    for share in (0.0, 0.5, 1.0):
+        config = TrainConfig(first_clean_prob=share)
+        sigmas = chunk_sigmas(canonical, 7, config, generator)
+        expected = config.clean_prob * share
+        assert abs(float((sigmas[:, 0] == 0).float().mean()) - expected) < 0.03
+    # sink_truth: self-context replaces clean chunks, never the first one
+    sigmas = torch.zeros(2000, 7)
+    for sink_truth in (False, True):
+        config = TrainConfig(self_context_prob=1.0, sink_truth=sink_truth)
+        levels = self_context_levels(sigmas, config, generator)
+        assert bool((levels[:, 1:] > 0).all())
+        assert bool((levels[:, 0] > 0).all()) is not sink_truth
+        assert bool((levels[:, 0] == 0).all()) is sink_truth
+
+
+def test_sink_only_mask_leaves_the_first_chunk_and_the_chunk_itself():
+    generator = torch.Generator().manual_seed(0)
+    causal = block_causal_mask(21, 3)
+    assert torch.equal(sink_only_mask(21, 3, TrainConfig(), generator), causal)
+    chosen_rows = 0
+    for _ in range(200):
+        mask = sink_only_mask(21, 3, TrainConfig(sink_only_prob=0.4), generator)
+        assert not (mask & ~causal).any()  # never more than block-causal
+        for chunk in range(7):
+            rows = mask[3 * chunk : 3 * chunk + 3]
+            assert (rows == rows[0]).all()  # a chunk's frames see the same frames
+            seen = set(torch.nonzero(rows[0]).flatten().tolist())
+            full, sink_only = (
+                set(range(3 * chunk + 3)),
+                {0, 1, 2} | set(range(3 * chunk, 3 * chunk + 3)),
+            )
+            assert seen in (full, sink_only)
+            chosen_rows += chunk > 1 and seen == sink_only
+    assert abs(chosen_rows / (200 * 5) - 0.4) < 0.05  # chunks 2-6 can lose anything
+
+
+def test_first_negated_training_clips_store_the_first_frame_negated():
+    plain = sample_batch(2, TrainConfig(batch=2), step=0)
+    negated = sample_batch(2, TrainConfig(batch=2, first_negated=True), step=0)
+    assert torch.equal(negated.latents[:, :, 0], -plain.latents[:, :, 0])
+    assert torch.equal(negated.latents[:, :, 1:], plain.latents[:, :, 1:])
+
+
 def _nine_frame_model_and_batch() -> tuple[DiffusionForcing, Batch]:
     """A random-weight training module for 9-frame clips and a batch of two such clips."""
     torch.manual_seed(0)
@@ -502,6 +592,23 @@ def test_shipped_model_is_close_to_real_clips_at_the_training_horizon():
     rows = compare_to_real(model, real)
     assert {r.name for r in rows if r.real == 0} <= set(ABSOLUTE_TOLERANCE)
     assert all(r.passed for r in rows), "\n" + format_table(rows)
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").exists(), reason="no shipped weights")
+def test_demo_streams_in_lockstep_equal_runs_alone():
+    # each stream decodes its own first frame, however they interleave
+    from headforcing.toyworld.demo import lockstep_streams
+
+    negated = load_toy_pipeline()
+    negated.decoder = ToyDecoder(first_negated=True)
+    prompt, policies = EVAL_PROMPTS[1], [make_policy("window"), make_policy("sink")]
+    together = [[], []]
+    for chunks in zip(*lockstep_streams(negated, prompt, 6, policies, seed=3), strict=True):
+        for video, chunk in zip(together, chunks, strict=True):
+            video.append(chunk.frames[0].numpy())
+    for video, policy in zip(together, policies, strict=True):
+        alone = sample_video(negated, prompt, 6, policy, seed=3)
+        assert np.array_equal(np.concatenate(video), alone)
 
 
 @pytest.mark.skipif(not (WEIGHTS_DIR / "model.safetensors").exists(), reason="no shipped weights")

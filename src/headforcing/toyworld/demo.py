@@ -4,7 +4,9 @@ it with intervals, every segment, metrics over time) and the head map."""
 
 from __future__ import annotations
 
+import copy
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +108,22 @@ def panel_layout(names, size: int, scale: int) -> list[dict]:
     ]
 
 
+def lockstep_streams(
+    pipeline: Pipeline, prompt: str, frames: int, policies: list, seed: int
+) -> list[Iterator]:
+    """One :meth:`Pipeline.stream` per policy, to be advanced chunk by chunk together. They
+    share the model, each with its own copy of the decoder: a decoder follows one video (the
+    toy decoder, like Wan's, treats the video's first frame apart)."""
+    streams = []
+    for index, policy in enumerate(policies):
+        each = pipeline
+        if index:
+            each = copy.copy(pipeline)
+            each.decoder = copy.deepcopy(pipeline.decoder)
+        streams.append(each.stream(prompt, frames, policy, seed))
+    return streams
+
+
 def run_demo(
     out_dir: Path,
     frames: int = 252,
@@ -145,7 +163,7 @@ def run_demo(
     # the truth the model was trained on: the prompt's canonical start (the seed is the noise's)
     real = render_clip(scene, frames)
     names = (baseline, "head_forcing")
-    streams = [pipeline.stream(prompt, frames, policies[name], seed) for name in names]
+    streams = lockstep_streams(pipeline, prompt, frames, [policies[name] for name in names], seed)
     videos: dict[str, list[np.ndarray]] = {name: [] for name in names}
     video_path = out_dir / DEMO_FILES["video"]
     scale = display_scale(pipeline.height, pipeline.width, scale)

@@ -96,7 +96,16 @@ def load_toy_pipeline(
         preset,
         model,
         load_toy_text_encoder(folder),
-        ToyDecoder(SPATIAL_STRIDE),
+        ToyDecoder(SPATIAL_STRIDE, first_negated=first_negated(meta)),
         weights_id="toy-" + fingerprint(folder / "model.safetensors"),
         head_map=HeadMap.load(head_map_path) if head_map_path.is_file() else None,
     )
+
+
+def first_negated(meta: dict) -> bool:
+    """Whether weights (their ``config.json``) were trained on latents whose first frame is
+    stored negated (``codec.py``); weights from before the field use the plain format."""
+    form = meta.get("latent", {}).get("first_frame", "plain")
+    if form not in ("plain", "negated"):
+        raise ValueError(f"unknown toy latent first-frame format {form!r}")
+    return form == "negated"

@@ -62,6 +62,7 @@ from headforcing.toyworld.text import ToyTextEncoder
 from headforcing.toyworld.world import random_scene, render_clip, vocabulary
 
 PRESET = "toy"
+CHUNK_FRAMES = get_preset(PRESET).video.chunk_frames
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,33 @@ class TrainConfig:
         ``1 / sigma``, would swamp the loss).
     own_input_span:
         How far above the chunk's level the prediction may be made from.
+    first_clean_prob:
+        Chance that a canonical clip's first chunk, drawn clean (``clean_prob``), stays clean
+        context instead of a chunk to denoise: it is clean in ``clean_prob * first_clean_prob``
+        of those clips (5 % by default). At inference every later chunk sees the first chunk
+        clean (its commit pass).
+    sink_truth:
+        Self-context never replaces a clip's first chunk: it stays the truth (the prompt's
+        canonical start, what the model generates almost exactly from the prompt), while the
+        later context is the model's own imperfect reconstruction. The first chunk becomes the
+        one reliable copy of the scene's appearance, as a video model's first frame is.
+    sink_gap_prob:
+        Share of canonical clips that skip ahead after their first chunk: frames ``0 .. c - 1``
+        (the first chunk), then frames from ``c + gap`` on, at consecutive positions. This is the
+        context a sink policy with relative positions gives far past the horizon (the first
+        chunk, then the recent frames); the model learns that the first chunk holds the scene,
+        not where its sprites are now.
+    sink_gap_max:
+        Largest gap in frames (a multiple of the chunk, drawn uniformly from one chunk up).
+    sink_only_prob:
+        Chance, per step and per later chunk, that the chunk attends to the first chunk and
+        itself only (the rest of its context hidden, for every clip of the step): where
+        nothing else is left, the model must continue from the first chunk. A head learns to
+        find the first chunk by its content (with ``first_negated``, its first frame is
+        distinct), as a sink policy with a short window needs.
+    first_negated:
+        The latent format: every clip's first frame is stored negated (``codec.py``: the toy
+        copy of Wan's VAE encoding the first frame apart). Saved in ``config.json``.
     ema_decay:
         Decay of the weight average that is saved.
     seed:
@@ -140,6 +168,12 @@ class TrainConfig:
     own_input_prob: float = 0.0
     own_input_sigma: tuple[float, float] = (0.15, 0.6)
     own_input_span: float = 1.0
+    first_clean_prob: float = 0.1
+    sink_truth: bool = False
+    sink_gap_prob: float = 0.0
+    sink_gap_max: int = 0
+    sink_only_prob: float = 0.0
+    first_negated: bool = False
     ema_decay: float = 0.995
     seed: int = 0
     log_every: int = 50
@@ -173,6 +207,17 @@ class TrainConfig:
             raise ValueError(f"own_input_sigma must satisfy 0 < low <= high <= 1, got {low, high}")
         if self.own_input_span <= 0:
             raise ValueError(f"own_input_span must be > 0, got {self.own_input_span}")
+        if not 0 <= self.first_clean_prob <= 1:
+            raise ValueError(f"first_clean_prob must lie in [0, 1], got {self.first_clean_prob}")
+        if not 0 <= self.sink_only_prob <= 1:
+            raise ValueError(f"sink_only_prob must lie in [0, 1], got {self.sink_only_prob}")
+        if not 0 <= self.sink_gap_prob <= 1:
+            raise ValueError(f"sink_gap_prob must lie in [0, 1], got {self.sink_gap_prob}")
+        if self.sink_gap_prob > 0 and self.sink_gap_max < CHUNK_FRAMES:
+            raise ValueError(
+                f"sink_gap_max must be at least one chunk ({CHUNK_FRAMES} frames) when "
+                f"sink_gap_prob > 0, got {self.sink_gap_max}"
+            )
 
 
 def text_encoder_for(preset_name: str = PRESET, seed: int = 0) -> ToyTextEncoder:
@@ -208,14 +253,19 @@ def sample_batch(batch: int, config: TrainConfig, step: int) -> Batch:
         scene = random_scene(rng)
         is_random = bool(rng.random() < config.random_start_prob)
         seed = int(rng.integers(2**31)) if is_random else None
-        clip = render_clip(scene, config.clip_frames, seed)
+        gap = 0
+        if config.sink_gap_prob > 0 and not is_random and rng.random() < config.sink_gap_prob:
+            gap = CHUNK_FRAMES * int(rng.integers(1, config.sink_gap_max // CHUNK_FRAMES + 1))
+        clip = render_clip(scene, config.clip_frames + gap, seed)
+        if gap:  # the first chunk, then the frames after the gap
+            clip = np.concatenate([clip[:CHUNK_FRAMES], clip[CHUNK_FRAMES + gap :]])
         prompts.append(scene.prompt())
         clips.append(clip)
         masks.append(_dilate((clip != scene.background_image()).any(-1)))
         random_start.append(is_random)
     foreground = np.repeat(np.stack(masks)[..., None], 3, axis=-1).astype(np.uint8) * 255
     weights = 1 + config.fg_weight * (encode_frames(foreground, SPATIAL_STRIDE) > 0).float()
-    latents = encode_frames(np.stack(clips), SPATIAL_STRIDE)
+    latents = encode_frames(np.stack(clips), SPATIAL_STRIDE, config.first_negated)
     return Batch(prompts, latents, weights, torch.tensor(random_start))
 
 
@@ -237,14 +287,15 @@ def chunk_sigmas(
     """Noise level of every chunk ``[B, num_chunks]``: 0 (clean context) or a shifted uniform.
 
     The first chunk of a random-start clip is always clean: the model never learns to generate
-    a start the prompt does not determine.
+    a start the prompt does not determine; a canonical clip's is clean with probability
+    ``clean_prob * first_clean_prob`` (else the model learns to generate it from the prompt).
     """
     batch = len(random_start)
     uniform = torch.rand(batch, num_chunks, generator=generator)
     shift = config.time_shift
     sigmas = shift * uniform / (1 + (shift - 1) * uniform)
     clean = torch.rand(batch, num_chunks, generator=generator) < config.clean_prob
-    clean[:, 0] &= torch.rand(batch, generator=generator) < 0.1  # first chunks mostly learn
+    clean[:, 0] &= torch.rand(batch, generator=generator) < config.first_clean_prob
     clean[:, 0] |= random_start
     return torch.where(clean, torch.zeros_like(sigmas), sigmas)
 
@@ -259,7 +310,22 @@ def self_context_levels(
     chosen = (torch.rand(sigmas.shape, generator=generator) < config.self_context_prob) & (
         sigmas == 0
     )
+    if config.sink_truth:
+        chosen[:, 0] = False
     return torch.where(chosen, levels, torch.zeros_like(levels))
+
+
+def sink_only_mask(
+    num_frames: int, chunk_frames: int, config: TrainConfig, generator: torch.Generator
+) -> torch.Tensor:
+    """The block-causal frame mask ``[F, F]`` with, for each later chunk chosen with
+    probability ``sink_only_prob``, every key frame hidden but the first chunk and its own."""
+    mask = block_causal_mask(num_frames, chunk_frames)
+    chunk = torch.arange(num_frames) // chunk_frames
+    chosen = torch.rand(int(chunk[-1]) + 1, generator=generator) < config.sink_only_prob
+    chosen[0] = False
+    hidden = chosen[chunk][:, None] & (chunk[None, :] > 0) & (chunk[None, :] < chunk[:, None])
+    return mask & ~hidden
 
 
 def own_input_levels(
@@ -300,6 +366,7 @@ class DiffusionForcing(nn.Module):
         context_levels: torch.Tensor | None = None,
         refine: tuple[float, torch.Tensor] | None = None,
         own_input: tuple[torch.Tensor, torch.Tensor] | None = None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """noise: ``[B, C, F, h, w]``; sigmas: ``[B, chunks]`` -> weighted MSE on v (scalar).
 
@@ -309,11 +376,13 @@ class DiffusionForcing(nn.Module):
         ``own_input = (levels [B, chunks], noise)`` (:func:`own_input_levels`): noisy chunks
         with a level above 0 are noised from the model's x0 prediction from that level (made
         with that noise) instead of from the truth; their target is the v that leads back to
-        the truth, ``(noisy - x0) / sigma``.
+        the truth, ``(noisy - x0) / sigma``. ``mask``: the frame mask ``[F, F]`` of this batch
+        (:func:`sink_only_mask`; block-causal by default).
         """
         latents = batch.latents
         context = self.model.encode_text(self.text_encoder.encode(batch.prompts))
-        attention = DenseAttention(self.model.rope, self.positions, *self.grid, self.mask)
+        mask = self.mask if mask is None else mask
+        attention = DenseAttention(self.model.rope, self.positions, *self.grid, mask)
         if context_levels is None:
             context_levels = torch.zeros_like(sigmas)
         own_levels = own_input[0] if own_input is not None else torch.zeros_like(sigmas)
@@ -442,7 +511,10 @@ def train(
             if config.own_input_prob > 0:
                 own_levels = own_input_levels(sigmas, config, generator)
                 own_input = (own_levels, torch.randn(clips.latents.shape, generator=generator))
-            batch = (clips, sigmas, noise, levels, refine, own_input)
+            mask = None
+            if config.sink_only_prob > 0:
+                mask = sink_only_mask(config.clip_frames, net.chunk_frames, config, generator)
+            batch = (clips, sigmas, noise, levels, refine, own_input, mask)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         loss = net.loss(*batch)
@@ -501,7 +573,12 @@ def save(out: Path, ema: DiffusionForcing, config: TrainConfig, summary: dict) -
             "text_dim": text.text_dim,
             "num_heads": text.attention.num_heads,
         },
-        "latent": {"kind": "pixel_unshuffle", "spatial_stride": SPATIAL_STRIDE, "range": [-1, 1]},
+        "latent": {
+            "kind": "pixel_unshuffle",
+            "spatial_stride": SPATIAL_STRIDE,
+            "range": [-1, 1],
+            "first_frame": "negated" if config.first_negated else "plain",
+        },
         "train": asdict(config),
         "stored_dtype": str(STORED_DTYPE).removeprefix("torch."),
         "torch": torch.__version__,
@@ -539,6 +616,14 @@ def main(argv: list[str] | None = None) -> None:
         help="share of clips that start anywhere (the rest start where the prompt says)",
     )
     parser.add_argument(
+        "--self-context-sigma",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=TrainConfig.self_context_sigma,
+        help="range of the noise levels the self-context chunks are reconstructed from",
+    )
+    parser.add_argument(
         "--self-context-refine",
         type=float,
         default=TrainConfig.self_context_refine,
@@ -568,6 +653,40 @@ def main(argv: list[str] | None = None) -> None:
         default=TrainConfig.time_shift,
         help="shift of the training noise levels (higher: more high-noise samples)",
     )
+    parser.add_argument(
+        "--first-clean",
+        type=float,
+        default=TrainConfig.first_clean_prob,
+        help="chance that a canonical clip's first chunk drawn clean stays clean (else learned)",
+    )
+    parser.add_argument(
+        "--sink-truth",
+        action="store_true",
+        help="self-context never replaces the first chunk: it stays the truth",
+    )
+    parser.add_argument(
+        "--sink-gap",
+        type=float,
+        default=TrainConfig.sink_gap_prob,
+        help="share of canonical clips that skip ahead after their first chunk",
+    )
+    parser.add_argument(
+        "--sink-gap-max",
+        type=int,
+        default=TrainConfig.sink_gap_max,
+        help="largest such gap, in frames",
+    )
+    parser.add_argument(
+        "--sink-only",
+        type=float,
+        default=TrainConfig.sink_only_prob,
+        help="chance per step and later chunk that it sees only the first chunk and itself",
+    )
+    parser.add_argument(
+        "--first-negated",
+        action="store_true",
+        help="latent format: each clip's first frame stored negated (Wan's first frame apart)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = TrainConfig(
@@ -578,11 +697,18 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         self_context_prob=args.self_context,
         random_start_prob=args.random_start,
+        self_context_sigma=tuple(args.self_context_sigma),
         self_context_refine=args.self_context_refine,
         own_input_prob=args.own_input,
         own_input_span=args.own_input_span,
         fg_weight=args.fg_weight,
         time_shift=args.time_shift,
+        first_clean_prob=args.first_clean,
+        sink_truth=args.sink_truth,
+        sink_gap_prob=args.sink_gap,
+        sink_gap_max=args.sink_gap_max,
+        first_negated=args.first_negated,
+        sink_only_prob=args.sink_only,
     )
 
     args.out.mkdir(parents=True, exist_ok=True)
