@@ -111,11 +111,13 @@ def main() -> None:
     prompts = PROMPT_SETS[args.prompts]
     for prompt in prompts:
         scene = Scene.from_prompt(prompt)
-        real = encode_frames(render_clip(scene, frames)[None])
+        negated = pipeline.decoder.first_negated  # the weights' latent format
+        real = encode_frames(render_clip(scene, frames)[None], first_negated=negated)
         for seed in args.seeds:
             for mode in MODES:
                 latents = rollout(pipeline, prompt, real, mode, seed)
-                video = as_uint8_video(decode_latents(latents)[0].permute(1, 2, 3, 0))
+                rgb = decode_latents(latents, first_negated=negated)[0]
+                video = as_uint8_video(rgb.permute(1, 2, 3, 0))
                 errors[mode].append(chunk_errors(video, scene, chunk_frames))
 
     chunks = errors[MODES[0]][0].shape[1]

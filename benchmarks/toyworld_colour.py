@@ -72,9 +72,11 @@ def video_colour(frames: np.ndarray, scene: Scene) -> float:
     return float(np.mean([colour_error(blobs, scene) for blobs in find_sprites(frames, scene)]))
 
 
-def latent_colour(latents: torch.Tensor, scene: Scene) -> float:
-    """Colour error of one video's latents ``[1, C, F, h, w]`` (clamped, decoded)."""
-    frames = decode_latents(latents.clamp(-1, 1))[0].permute(1, 2, 3, 0)
+def latent_colour(latents: torch.Tensor, scene: Scene, first_negated: bool = False) -> float:
+    """Colour error of one video's latents ``[1, C, F, h, w]`` (clamped, decoded; the first
+    frame stored negated in that latent format)."""
+    frames = decode_latents(latents.clamp(-1, 1), first_negated=first_negated)[0]
+    frames = frames.permute(1, 2, 3, 0)
     return video_colour(as_uint8_video(frames), scene)
 
 
@@ -121,6 +123,7 @@ def sampler_chain(pipeline: Pipeline, prompts: list[str], seeds: list[int]) -> n
     model, chunk = pipeline.model, pipeline.preset.video.chunk_frames
     attention = first_chunk_attention(pipeline)
     train_steps = pipeline.schedule.train_steps
+    negated = pipeline.decoder.first_negated  # the weights' latent format
     errors: dict[float, list[float]] = {}
     for prompt in prompts:
         scene = Scene.from_prompt(prompt)
@@ -138,7 +141,7 @@ def sampler_chain(pipeline: Pipeline, prompts: list[str], seeds: list[int]) -> n
             shape = (1, pipeline.latent_shape[0], chunk, *pipeline.latent_shape[1:])
             denoise(flow, shape, torch.Generator().manual_seed(seed), pipeline.schedule.sigmas())
             for sigma, x0 in predictions:
-                errors.setdefault(sigma, []).append(latent_colour(x0, scene))
+                errors.setdefault(sigma, []).append(latent_colour(x0, scene, negated))
     return np.array([(sigma, np.mean(e)) for sigma, e in errors.items()])
 
 
@@ -156,7 +159,11 @@ def low_noise_inputs(pipeline: Pipeline, seed: int = 0) -> list[tuple[float, str
     model, chunk = pipeline.model, pipeline.preset.video.chunk_frames
     scenes = [Scene.from_prompt(p) for p in ACCEPTANCE_PROMPTS]
     clips = np.stack([render_clip(s, chunk) for s in scenes])
-    bases = {"real": encode_frames(clips), "blurred": encode_frames(blur(clips))}
+    negated = pipeline.decoder.first_negated  # the weights' latent format
+    bases = {
+        "real": encode_frames(clips, first_negated=negated),
+        "blurred": encode_frames(blur(clips), first_negated=negated),
+    }
     text = model.encode_text(pipeline.text_encoder.encode(list(ACCEPTANCE_PROMPTS)))
     attention = first_chunk_attention(pipeline)
     generator = torch.Generator().manual_seed(seed)
@@ -167,8 +174,10 @@ def low_noise_inputs(pipeline: Pipeline, seed: int = 0) -> list[tuple[float, str
             noisy = (1 - sigma) * base + sigma * torch.randn(base.shape, generator=generator)
             timesteps = torch.full((len(scenes), chunk), sigma * train_steps)
             x0 = noisy - sigma * model(noisy, timesteps, text, attention)
-            before = np.mean([latent_colour(noisy[i : i + 1], s) for i, s in enumerate(scenes)])
-            after = np.mean([latent_colour(x0[i : i + 1], s) for i, s in enumerate(scenes)])
+            before, after = (
+                np.mean([latent_colour(x[i : i + 1], s, negated) for i, s in enumerate(scenes)])
+                for x in (noisy, x0)
+            )
             rows.append((sigma, name, float(before), float(after)))
     return rows
 
