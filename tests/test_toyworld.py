@@ -437,6 +437,20 @@ def test_first_negated_training_clips_store_the_first_frame_negated():
     assert torch.equal(negated.latents[:, :, 1:], plain.latents[:, :, 1:])
 
 
+def test_weights_carry_their_latent_format_to_the_decoder(tmp_path):
+    threads = str(torch.get_num_threads())  # the script sets the process-wide thread count
+    small = ["--steps", "1", "--batch", "1", "--warmup", "1", "--threads", threads]
+    train_main(["--out", str(tmp_path / "negated"), *small, "--first-negated"])
+    assert load_toy_pipeline(weights_dir=tmp_path / "negated").decoder.first_negated
+    assert not load_toy_pipeline().decoder.first_negated  # the shipped weights: plain
+    config = tmp_path / "negated" / "config.json"
+    meta = json.loads(config.read_text())
+    meta["latent"]["first_frame"] = "mirrored"
+    config.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="mirrored"):
+        load_toy_pipeline(weights_dir=tmp_path / "negated")
+
+
 def _nine_frame_model_and_batch() -> tuple[DiffusionForcing, Batch]:
     """A random-weight training module for 9-frame clips and a batch of two such clips."""
     torch.manual_seed(0)
