@@ -366,7 +366,11 @@ def describe_settings(report: Report, args, prompts, pipeline: Pipeline, head_ma
     if args.policy_frames or args.limit:
         capped = [f"{name} to {frames} frames" for name, frames in args.policy_frames.items()]
         capped += [f"{name} to {videos} videos" for name, videos in args.limit.items()]
-        lines.append(f"Capped: {', '.join(capped)}; differences pair the videos both have.")
+        lines.append(
+            f"Capped: {', '.join(capped)}; records of longer rollouts of the same videos from "
+            "earlier runs count too (each row says how many videos it has); differences pair "
+            "the videos both have."
+        )
     if head_map is not None:
         counts = ", ".join(f"{count} {label}" for label, count in head_map.counts().items())
         lines.append(f"Head map ({HEAD_MAP_FILE}, profiled on the evaluation prompts): {counts}.")

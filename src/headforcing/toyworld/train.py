@@ -351,11 +351,10 @@ class DiffusionForcing(nn.Module):
         self.model = model
         self.text_encoder = text_encoder
         config = model.config
-        chunk_frames = get_preset(PRESET).video.chunk_frames
-        self.chunk_frames = chunk_frames
+        self.chunk_frames = CHUNK_FRAMES
         latent_size = get_preset(PRESET).video.height // SPATIAL_STRIDE
         self.grid = (latent_size // config.patch_size[1], latent_size // config.patch_size[2])
-        self.mask = block_causal_mask(clip_frames, chunk_frames)
+        self.mask = block_causal_mask(clip_frames, CHUNK_FRAMES)
         self.positions = torch.arange(clip_frames)
 
     def loss(
