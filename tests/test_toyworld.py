@@ -39,6 +39,8 @@ from headforcing.toyworld.train import (
     TrainConfig,
     chunk_sigmas,
     own_input_levels,
+    own_past,
+    own_past_layout,
     sample_batch,
     save,
     self_context_levels,
@@ -48,12 +50,15 @@ from headforcing.toyworld.train import (
 )
 from headforcing.toyworld.train import main as train_main
 from headforcing.toyworld.world import (
+    BACKGROUND_COLOURS,
     MAX_SPEED,
     SPRITE_GAP,
     START_SLOTS,
     Scene,
     Sprite,
+    random_background,
     random_scene,
+    render,
     render_clip,
     render_schedule,
     simulate,
@@ -66,6 +71,50 @@ SCENE = Scene.from_prompt(
 
 
 # -- world ---------------------------------------------------------------------------------------
+
+
+def test_random_backgrounds_are_cells_of_the_prompts_two_shades_drawn_from_the_seed():
+    first = random_background(SCENE, np.random.default_rng(5))
+    assert np.array_equal(first, random_background(SCENE, np.random.default_rng(5)))
+    other = random_background(SCENE, np.random.default_rng(6))
+    assert not np.array_equal(first, other)
+    light, dark = (np.array(c) for c in BACKGROUND_COLOURS[SCENE.background])
+    is_light = (first == light).all(-1)
+    assert (is_light | (first == dark).all(-1)).all()
+    cells = is_light.reshape(8, 4, 8, 4)  # constant over each 4 x 4 cell
+    assert (cells == cells[:, :1, :, :1]).all() and 0.2 < is_light.mean() < 0.8
+    corners = simulate(SCENE, 4, seed=1)
+    frames = render(SCENE, corners, background=first)
+    plain = render(SCENE, corners)
+    sprite = plain != SCENE.background_image()
+    assert np.array_equal(frames[sprite], plain[sprite])  # the sprites drawn over it
+    assert np.array_equal(
+        frames[0][~sprite[0]], np.broadcast_to(first, frames[0].shape)[~sprite[0]]
+    )
+    with pytest.raises(ValueError, match="random_start_prob = 1"):
+        TrainConfig(random_background=True)
+    batch = sample_batch(2, TrainConfig(random_background=True, random_start_prob=1.0), 0)
+    assert bool(batch.random_start.all())
+
+
+def test_the_lit_world_shows_the_whole_background_only_in_its_first_frame():
+    corners = simulate(SCENE, 12, seed=3)
+    plain, lit = render(SCENE, corners), render(SCENE, corners, light_radius=6)
+    np.testing.assert_array_equal(lit[0], plain[0])
+    assert np.array_equal(render_clip(SCENE, 12, seed=3, light_radius=6), lit)
+    # the rule, pixel by pixel: the background within 6 pixels of a sprite's centre, else black
+    sizes = [sprite.stamp.shape[0] for sprite in SCENE.sprites]
+    for frame in range(1, 12):
+        for row in range(SCENE.size):
+            for col in range(SCENE.size):
+                near = any(
+                    (row - (r + (size - 1) / 2)) ** 2 + (col - (c + (size - 1) / 2)) ** 2 <= 36
+                    for (r, c), size in zip(corners[frame], sizes, strict=True)
+                )
+                expected = plain[frame, row, col] if near else 0
+                np.testing.assert_array_equal(lit[frame, row, col], expected)
+    # sprites are always lit; most of a later frame is dark
+    assert (lit[1:] == 0).all(-1).mean() > 0.3
 
 
 def test_same_seed_same_clip_other_seed_differs():
@@ -510,6 +559,105 @@ def test_self_context_replaces_clean_chunks_by_the_models_own_reconstruction():
     assert torch.isfinite(loss) and loss != net.loss(batch, sigmas, noise)
 
 
+def _dense_flow(net, latents, levels, prompts):
+    """The model on a clip's frames under the plain block-causal mask (the reference)."""
+    frames = latents.shape[2]
+    attention = DenseAttention(
+        net.model.rope, torch.arange(frames), *net.grid, block_causal_mask(frames, 3)
+    )
+    text = net.model.encode_text(net.text_encoder.encode(prompts))
+    with torch.no_grad():
+        return net.model(latents, levels * 1000, text, attention)
+
+
+def test_own_past_loss_denoises_every_chunk_from_the_clean_chunks_before_it():
+    positions, mask = own_past_layout(6, 3)
+    assert positions.tolist() == [0, 1, 2, 3, 4, 5] * 2
+    for query in range(12):
+        for key in range(12):
+            q_chunk, k_chunk = (query % 6) // 3, (key % 6) // 3
+            if query < 6:  # the clean past: block-causal, never the noisy copy
+                expected = key < 6 and k_chunk <= q_chunk
+            else:  # a noisy chunk: the clean chunks before it and itself
+                expected = (key < 6 and k_chunk < q_chunk) or (key >= 6 and k_chunk == q_chunk)
+            assert bool(mask[query, key]) == expected, (query, key)
+
+    net, batch = _nine_frame_model_and_batch()
+    past = torch.randn(batch.latents.shape)  # any clean past (a rollout in training)
+    sigmas = torch.tensor([[0.8, 0.3, 0.5], [0.0, 0.6, 0.9]])  # clip 1's first: no loss
+    noise = torch.randn(batch.latents.shape)
+    with torch.no_grad():
+        loss = net.loss_on_own_past(batch, past, sigmas, noise)
+    # reference: each chunk alone after its past, the plain block-causal model, then the loss
+    errors, count = 0.0, 0
+    for clip in range(2):
+        for chunk in range(3):
+            sigma = float(sigmas[clip, chunk])
+            if sigma == 0:
+                continue
+            end = 3 * chunk + 3
+            truth = batch.latents[clip : clip + 1, :, end - 3 : end]
+            chunk_noise = noise[clip : clip + 1, :, end - 3 : end]
+            inputs = torch.cat(
+                [past[clip : clip + 1, :, : end - 3], (1 - sigma) * truth + sigma * chunk_noise], 2
+            )
+            levels = torch.tensor([[0.0] * (end - 3) + [sigma] * 3])
+            flow = _dense_flow(net, inputs, levels, batch.prompts[clip : clip + 1])[:, :, -3:]
+            weights = batch.weights[clip : clip + 1, :, end - 3 : end]
+            per_frame = ((flow - (chunk_noise - truth)).pow(2) * weights).mean(dim=(1, 3, 4))
+            errors, count = errors + per_frame.sum(), count + 3
+    torch.testing.assert_close(loss, errors / count, rtol=1e-4, atol=1e-6)
+
+
+def test_rollouts_are_the_models_own_videos_generated_as_at_inference():
+    """A rollout (full KV cache, the sampler's steps, each chunk committed at t = 0) equals
+    sampling chunk by chunk with the dense block-causal model over the growing clip."""
+    net, batch = _nine_frame_model_and_batch()
+    steps = 3
+    video = net.rollout(batch.prompts, 9, steps, torch.Generator().manual_seed(4))
+    assert video.shape == batch.latents.shape
+
+    generator = torch.Generator().manual_seed(4)
+    shift = get_preset("toy").video.sampler_shift
+    # even steps on the 1000-step scale, rounded as the toy preset's (1000, 667, 333)
+    sigmas = [shift * u / (1 + (shift - 1) * u) for u in (1.0, 0.667, 0.333)]
+    shape = (2, *batch.latents.shape[1:2], 3, *batch.latents.shape[3:])
+    done = torch.zeros(2, shape[1], 0, *shape[3:])
+    for _ in range(3):
+        x = torch.randn(shape, generator=generator)
+        for step, sigma in enumerate(sigmas):
+            levels = torch.tensor([[0.0] * done.shape[2] + [sigma] * 3] * 2)
+            flow = _dense_flow(net, torch.cat([done, x], 2), levels, batch.prompts)
+            x0 = x - sigma * flow[:, :, -3:]
+            if step + 1 < steps:
+                x = (1 - sigmas[step + 1]) * x0 + sigmas[step + 1] * torch.randn(
+                    shape, generator=generator
+                )
+        done = torch.cat([done, x0], 2)
+    torch.testing.assert_close(video, done, rtol=1e-4, atol=1e-4)
+
+
+def test_rollout_stage_rolls_out_the_canonical_clips_only(tmp_path):
+    net, batch = _nine_frame_model_and_batch()
+    batch = replace(batch, random_start=torch.tensor([False, True]))
+    config = TrainConfig(rollout_prob=1.0, rollout_steps=2, clip_frames=9)
+    past = own_past(net, batch, config, torch.Generator().manual_seed(0))
+    assert torch.equal(past[1], batch.latents[1])  # a random start's past is the truth
+    assert not torch.allclose(past[0], batch.latents[0], atol=0.1)  # the model's own video
+    # every chunk is denoised from its past: none is left clean but a random start's first
+    sigmas = chunk_sigmas(torch.tensor([False, True] * 20), 7, config, torch.Generator())
+    assert (sigmas[0::2] > 0).all() and (sigmas[1::2, 1:] > 0).all()
+    assert (sigmas[1::2, 0] == 0).all()
+
+    with pytest.raises(ValueError, match="cannot be combined with self_context_prob"):
+        TrainConfig(rollout_prob=0.5, self_context_prob=0.5)
+    with pytest.raises(ValueError, match="rollout_steps"):
+        TrainConfig(rollout_steps=0)
+    save(tmp_path / "negated", net, TrainConfig(first_negated=True), {})
+    with pytest.raises(SystemExit, match="add --first-negated"):
+        train_main(["--out", str(tmp_path / "next"), "--init", str(tmp_path / "negated")])
+
+
 def test_own_input_noises_low_noise_chunks_from_the_models_prediction():
     net, batch = _nine_frame_model_and_batch()
     sigmas = torch.tensor([[0.0, 0.3, 0.9], [0.5, 0.0, 0.2]])
@@ -646,3 +794,30 @@ def test_demo_writes_video_report_and_pictures(tmp_path, capsys):
     summary = out.strip().splitlines()[-1]
     assert f"**Summary:** {summary}" in report.splitlines()
     assert summary.startswith("after the 21-frame training horizon (1 later segment")
+
+
+def test_weights_of_a_probe_world_load_for_the_profilers_only(tmp_path):
+    for name in ("model.safetensors", "text_encoder.safetensors", "config.json"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["train"] = {**meta["train"], "light_radius": 8, "random_background": True}
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="light radius 8, random backgrounds"):
+        load_toy_pipeline(weights_dir=tmp_path)
+    assert load_toy_pipeline(weights_dir=tmp_path, probe_world=True).model is not None
+
+
+def test_sink_probe_profiles_every_head_after_a_given_first_chunk():
+    """``benchmarks/toyworld_sink_probe.py`` runs on the shipped weights: every head's mass
+    over the four regions sums to 1, and every head puts some on the given first chunk."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "toyworld_sink_probe.py"
+    spec = importlib.util.spec_from_file_location("toyworld_sink_probe", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stats = module.probe(WEIGHTS_DIR, [EVAL_PROMPTS[0]])
+    total = sum(stats[region] for region in ("sink", "middle", "recent", "current"))
+    np.testing.assert_allclose(total, 1.0, atol=1e-4)
+    assert stats["sink"].shape == (4, 4) and (stats["sink"] > 0).all()

@@ -49,7 +49,9 @@ def load_toy_text_encoder(weights_dir: Path) -> ToyTextEncoder:
 
 
 def load_toy_pipeline(
-    device: torch.device | str = "cpu", weights_dir: str | Path | None = None
+    device: torch.device | str = "cpu",
+    weights_dir: str | Path | None = None,
+    probe_world: bool = False,
 ) -> Pipeline:
     """The trained toy-world model as a :class:`~headforcing.pipeline.Pipeline` (preset ``toy``).
 
@@ -60,13 +62,19 @@ def load_toy_pipeline(
     weights_dir:
         A folder written by ``python -m headforcing.toyworld.train``; the shipped weights by
         default. Its ``head_map.json``, if any, becomes the pipeline's head map.
+    probe_world:
+        Accept weights trained in a probe world (``train.py``'s ``--light-radius``,
+        ``--random-background``). Only the head profilers do: the metrics, the demo and the
+        benchmarks render the plain world, and would score such weights against the wrong
+        truth.
 
     Raises
     ------
     FileNotFoundError
         If a weight file is missing, naming it and how to make it.
     ValueError
-        If the files were trained for another preset or do not fit the preset's shapes.
+        If the files were trained for another preset, do not fit the preset's shapes, or
+        were trained in a probe world and ``probe_world`` is false.
     """
     folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     missing = [name for name in WEIGHT_FILES if not (folder / name).is_file()]
@@ -80,6 +88,13 @@ def load_toy_pipeline(
     preset = get_preset(meta.get("preset", "?"))
     if preset.name != "toy" or preset.video.vae_stride[1] != SPATIAL_STRIDE:
         raise ValueError(f"{folder / 'config.json'} is for preset {preset.name!r}, not 'toy'")
+    probe = probe_world_settings(meta)
+    if probe and not probe_world:
+        raise ValueError(
+            f"{folder} was trained in a probe world ({probe}); the metrics, the demo and the "
+            "benchmarks render the plain world. Profile it instead: python -m "
+            f"headforcing.toyworld.profile --weights {folder}, or benchmarks/toyworld_sink_probe.py"
+        )
     # the shapes the weights were trained with (config.json) win over today's preset
     if "model" in meta:
         saved = {**meta["model"], "patch_size": tuple(meta["model"]["patch_size"])}
@@ -109,3 +124,15 @@ def first_negated(meta: dict) -> bool:
     if form not in ("plain", "negated"):
         raise ValueError(f"unknown toy latent first-frame format {form!r}")
     return form == "negated"
+
+
+def probe_world_settings(meta: dict) -> str:
+    """The probe-world settings weights (their ``config.json``) were trained with, as text;
+    empty for the plain world."""
+    trained = meta.get("train", {})
+    settings = []
+    if trained.get("light_radius", 0):
+        settings.append(f"light radius {trained['light_radius']}")
+    if trained.get("random_background", False):
+        settings.append("random backgrounds")
+    return ", ".join(settings)

@@ -25,7 +25,8 @@ def write_head_map(weights_dir: str | Path | None = None, png: str | Path | None
     from headforcing.toyworld.evaluate import EVAL_PROMPTS
 
     folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    head_map = profile_heads(load_toy_pipeline(weights_dir=folder), list(EVAL_PROMPTS))
+    pipeline = load_toy_pipeline(weights_dir=folder, probe_world=True)
+    head_map = profile_heads(pipeline, list(EVAL_PROMPTS))
     path = head_map.save(folder / HEAD_MAP_FILE)
     if png is not None:
         plot_head_map(head_map, png)

@@ -274,10 +274,23 @@ def simulate(
     return corners
 
 
-def render(scene: Scene, corners: np.ndarray) -> np.ndarray:
-    """Frames ``[F, H, W, 3]`` uint8 of ``scene`` with sprites at ``corners [F, N, 2]``."""
-    background = scene.background_image()
+def render(
+    scene: Scene,
+    corners: np.ndarray,
+    light_radius: int = 0,
+    background: np.ndarray | None = None,
+) -> np.ndarray:
+    """Frames ``[F, H, W, 3]`` uint8 of ``scene`` with sprites at ``corners [F, N, 2]``.
+
+    ``light_radius > 0`` renders the lit world (a training option, :func:`lit_mask`): the first
+    frame shows the whole background, every later frame only the background within that many
+    pixels of a sprite's centre, black elsewhere. ``background``: an image ``[H, W, 3]`` in
+    place of the prompt's (:func:`random_background`).
+    """
+    background = scene.background_image() if background is None else background
     frames = np.repeat(background[None], len(corners), axis=0)
+    if light_radius > 0:
+        frames = frames * lit_mask(scene, corners, light_radius)[..., None]
     for frame, frame_corners in zip(frames, corners, strict=True):
         for sprite, (row, col) in zip(scene.sprites, frame_corners, strict=True):
             stamp = sprite.stamp
@@ -286,13 +299,52 @@ def render(scene: Scene, corners: np.ndarray) -> np.ndarray:
     return frames
 
 
-def render_clip(scene: Scene, num_frames: int, seed: int | None = None) -> np.ndarray:
+def lit_mask(scene: Scene, corners: np.ndarray, light_radius: int) -> np.ndarray:
+    """``[F, H, W]`` boolean: where the lit world shows the background.
+
+    The first frame is lit everywhere (the shot that establishes the scene); in every later
+    frame each sprite lights the pixels within ``light_radius`` of its centre. Only the first
+    frame shows the whole background, so a model continuing such a clip must recall it from
+    there wherever a sprite moves into a part not lit in the recent frames: the first chunk
+    holds something nothing else does, as a video's first frame holds the scene that later
+    frames show only in part.
+    """
+    rows, cols = np.mgrid[0 : scene.size, 0 : scene.size]
+    sizes = np.array([s.stamp.shape[0] for s in scene.sprites])
+    centres = corners + (sizes[:, None] - 1) / 2  # [F, N, 2]
+    distance2 = (rows[None, None] - centres[..., 0, None, None]) ** 2 + (
+        cols[None, None] - centres[..., 1, None, None]
+    ) ** 2
+    lit = (distance2 <= light_radius**2).any(axis=1)
+    lit[0] = True
+    return lit
+
+
+RANDOM_CELL = 4  # pixels per side of a cell of random_background
+
+
+def random_background(scene: Scene, rng: np.random.Generator) -> np.ndarray:
+    """A background the prompt does not determine, ``[H, W, 3]`` uint8: cells of
+    ``RANDOM_CELL`` pixels, each the light or the dark shade of the scene's background colour
+    at random. Only a frame that shows it can tell it (a training option for image-to-video
+    probes: the first chunk is then given, never generated)."""
+    light, dark = (np.array(c, dtype=np.uint8) for c in BACKGROUND_COLOURS[scene.background])
+    cells = scene.size // RANDOM_CELL
+    is_light = rng.random((cells, cells)) < 0.5
+    is_light = is_light.repeat(RANDOM_CELL, axis=0).repeat(RANDOM_CELL, axis=1)
+    return np.where(is_light[..., None], light, dark)
+
+
+def render_clip(
+    scene: Scene, num_frames: int, seed: int | None = None, light_radius: int = 0
+) -> np.ndarray:
     """A ground-truth clip of any length: ``[F, H, W, 3]`` uint8.
 
     ``seed=None``: the canonical start of the prompt (:func:`canonical_motion`), the clip the
     shipped model was trained to generate; an int: a random start (same seed, same clip).
+    ``light_radius``: the lit world (:func:`render`).
     """
-    return render(scene, simulate(scene, num_frames, seed))
+    return render(scene, simulate(scene, num_frames, seed), light_radius)
 
 
 def render_schedule(
