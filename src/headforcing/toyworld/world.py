@@ -303,11 +303,11 @@ def lit_mask(scene: Scene, corners: np.ndarray, light_radius: int) -> np.ndarray
     """``[F, H, W]`` boolean: where the lit world shows the background.
 
     The first frame is lit everywhere (the shot that establishes the scene); in every later
-    frame each sprite lights the pixels within ``light_radius`` of its centre. Only the first
-    frame shows the whole background, so a model continuing such a clip must recall it from
-    there wherever a sprite moves into a part not lit in the recent frames: the first chunk
-    holds something nothing else does, as a video's first frame holds the scene that later
-    frames show only in part.
+    frame each sprite lights the pixels within ``light_radius`` of its centre. Of all the
+    frames only the first shows the whole background, as a video's first frame shows the scene
+    that later frames show only in part: where a sprite moves into a part the recent frames did
+    not light, the first chunk is the one frame that shows it (the prompt also fixes it, unless
+    the background is drawn at random, :func:`random_background`).
     """
     rows, cols = np.mgrid[0 : scene.size, 0 : scene.size]
     sizes = np.array([s.stamp.shape[0] for s in scene.sprites])
