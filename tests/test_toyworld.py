@@ -113,7 +113,7 @@ def test_the_lit_world_shows_the_whole_background_only_in_its_first_frame():
                 )
                 expected = plain[frame, row, col] if near else 0
                 np.testing.assert_array_equal(lit[frame, row, col], expected)
-    # sprites are always lit; most of a later frame is dark
+    # most of a later frame is dark (the sprites, within 6 pixels of their centres, are lit)
     assert (lit[1:] == 0).all(-1).mean() > 0.3
 
 
