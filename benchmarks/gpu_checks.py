@@ -1,10 +1,10 @@
 """The checks `benchmarks/gpu.sh` runs beside `headforcing bench`, and its closing summary.
 
 ``python benchmarks/gpu_checks.py syncs --preset wan2.1-t2v-1.3b --device cuda``: a few chunks of
-every policy, then one denoising pass and one commit pass with
+every policy, then one denoising pass, one commit pass and ``end_chunk`` with
 ``torch.cuda.set_sync_debug_mode("error")``: any call that synchronises the host with the GPU
-inside a pass raises. On the CPU (no streams to synchronise) it counts host reads instead, with
-:class:`headforcing.hostsync.HostSyncCounter`.
+inside them raises. On the CPU (no streams to synchronise) it counts host reads instead, with
+:class:`headforcing.hostsync.DispatchCounter` (dispatch level).
 
 ``python benchmarks/gpu_checks.py summary A.json B.json ...``: one short table of the
 ``bench --json`` files: DiT frames/s per policy and length, the ratio to ``window`` of the same
@@ -22,7 +22,7 @@ import torch
 from headforcing.bench import fast_forward
 from headforcing.cache.policies import make_policy
 from headforcing.heads.profile import profile_heads
-from headforcing.hostsync import HostSyncCounter
+from headforcing.hostsync import DispatchCounter
 from headforcing.pipeline import Pipeline
 
 
@@ -33,12 +33,13 @@ def check_syncs(preset: str, device: str, chunks: int) -> list[str]:
     video = pipeline.preset.video
     head_map = profile_heads(pipeline, ["a calibration prompt"])
     lines = []
-    for name in ("window", "sink", "head_forcing"):
+    for name in ("window", "sink", "head_forcing", "deep_forcing", "pyramid_forcing"):
         policy = make_policy(name)
-        if name == "head_forcing":
+        if getattr(policy, "head_map", "-") is None:
             policy = policy.with_head_map(head_map)
         cache = pipeline.new_cache(policy)
         with torch.inference_mode():
+            # past the filling phase: every memory full, so end_chunk reads nothing either
             fast_forward(cache, chunks * video.chunk_frames, config.num_heads, config.head_dim)
             context = model.encode_text(
                 torch.zeros(1, config.text_len, config.text_dim, device=model.device)
@@ -53,36 +54,39 @@ def check_syncs(preset: str, device: str, chunks: int) -> list[str]:
                 try:
                     model(x, t, context, cache.attention())
                     model(x, t * 0, context, cache.attention(commit=True))
+                    cache.end_chunk()
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
                 reads = "no synchronisation (set_sync_debug_mode error)"
             else:
-                with HostSyncCounter() as counter:
+                with DispatchCounter() as counter:
                     model(x, t, context, cache.attention())
                     model(x, t * 0, context, cache.attention(commit=True))
+                    cache.end_chunk()
                 reads = f"{counter.count} host reads"
-            cache.end_chunk()
-        lines.append(f"{policy.describe()}: a denoising pass and a commit pass: {reads}")
+        lines.append(f"{policy.describe()}: a denoising pass, a commit pass, end_chunk: {reads}")
     return lines
 
 
 def summary(paths: list[Path]) -> str:
     lines = [
-        "| run | policy | video s | frames/s DiT | x window | K/V GiB | host reads/chunk |",
-        "|---|---|---|---|---|---|---|",
+        "| run | policy | video s | frames/s DiT | x window | K/V GiB | ATen ops/chunk "
+        "| host reads/chunk |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         data = json.loads(path.read_text())
         rows = [row for row in data["rows"] if not row["note"]]
         window = {r["seconds"]: r for r in rows if r["policy"].startswith("window")}
-        run = "compiled" if data["header"].get("compiled") else "eager"
+        compiled = data["header"].get("compiled")
+        run = "eager" if not compiled else "compiled" if compiled is True else compiled
         for row in rows:
             base = window.get(row["seconds"])
             ratio = f"{base['ms_per_chunk'] / row['ms_per_chunk']:.2f}" if base else "-"
             lines.append(
                 f"| {run} | {row['policy']} | {row['seconds']:g} | "
                 f"{row['frames_per_second']:.1f} | {ratio} | {row['kv_bytes'] / 2**30:.2f} | "
-                f"{row['syncs_per_chunk']} |"
+                f"{row.get('ops_per_chunk', '-')} | {row['syncs_per_chunk']} |"
             )
     return "\n".join(lines)
 
@@ -93,7 +97,7 @@ def main() -> None:
     syncs = commands.add_parser("syncs")
     syncs.add_argument("--preset", default="wan2.1-t2v-1.3b")
     syncs.add_argument("--device", default="cuda")
-    syncs.add_argument("--chunks", type=int, default=8, help="chunks before the checked one")
+    syncs.add_argument("--chunks", type=int, default=16, help="chunks before the checked one")
     table = commands.add_parser("summary")
     table.add_argument("files", nargs="+", type=Path)
     args = parser.parse_args()

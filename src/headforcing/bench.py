@@ -6,8 +6,10 @@ fast-forwarded through its own API: every earlier chunk is committed layer by la
 q/k/v (real attention, real commits, no MLPs), so the policy holds exactly what it would hold.
 Timing then covers whole chunks at that length: ``begin_chunk``, four denoising passes, the
 commit pass and ``end_chunk``, with random weights (speed does not depend on their values). One
-more chunk runs under :class:`~headforcing.hostsync.HostSyncCounter` (untimed: the counter
-slows every call) for the host reads per chunk.
+more chunk runs under :class:`~headforcing.hostsync.DispatchCounter` (untimed: the counter
+slows every call) for the backend ATen ops and the host reads per chunk: on the
+``wan-skeleton`` preset (Wan's 30 layers x 12 heads, negligible arithmetic) the ops and the
+host ms are the launch-overhead proxy for a GPU, on ``cpu-bench`` the ms the arithmetic one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from headforcing.cache import CachePolicy, KVCache
-from headforcing.hostsync import HostSyncCounter
+from headforcing.hostsync import DispatchCounter
 from headforcing.pipeline import Pipeline
 
 
@@ -36,6 +38,7 @@ class BenchRow:
     frames_per_second: float
     kv_bytes: int
     syncs_per_chunk: int = 0
+    ops_per_chunk: int = 0  # backend ATen ops (hostsync.DispatchCounter)
     peak_gib: float | None = None  # CUDA only: peak allocated memory while timing
     note: str = ""
 
@@ -104,7 +107,7 @@ def bench_policy(
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         run_chunk()  # warm-up
-        with HostSyncCounter() as counter:
+        with DispatchCounter() as counter:
             run_chunk()
         _sync(device)
         pass_times, began = [], time.perf_counter()
@@ -125,6 +128,7 @@ def bench_policy(
         frames_per_second=chunk_frames * pipeline.preset.video.vae_stride[0] / (chunk_ms / 1000),
         kv_bytes=cache.bytes_held(),
         syncs_per_chunk=counter.count,
+        ops_per_chunk=counter.ops,
         peak_gib=torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     )
 
@@ -208,7 +212,7 @@ def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frame
     columns = [
         "policy", "video s", "latent frames", "context frames/head", "ms/pass", "ms/chunk",
         "frames/s DiT", "frames/s DiT+decode serial", "frames/s decode beside",
-        "K/V MiB", "host reads/chunk", "peak GiB", "note",
+        "K/V MiB", "ATen ops/chunk", "host reads/chunk", "peak GiB", "note",
     ]  # fmt: skip
     lines = [
         f"### {title}",
@@ -234,6 +238,7 @@ def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frame
                 f"{serial:.1f}",
                 f"{beside:.1f}",
                 f"{row.kv_megabytes:.1f}",
+                str(row.ops_per_chunk),
                 str(row.syncs_per_chunk),
                 peak,
                 "",

@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from headforcing.cache.policies import POLICIES, make_policy  # noqa: E402
 from headforcing.io.scale import MIN_DISPLAY_PIXELS  # noqa: E402
 from headforcing.model.config import PRESETS, get_preset  # noqa: E402
+from headforcing.pipeline import COMPILE_MODES  # noqa: E402
 from headforcing.switch import SWITCH_MODES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -289,9 +290,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--compile",
-        action="store_true",
-        help="run the denoising and commit passes through torch.compile (the blocks with "
-        "attention through the cache; the first chunks take longer while it compiles)",
+        nargs="?",
+        const="default",
+        choices=COMPILE_MODES,
+        help="run the denoising and commit passes and the cache's end of chunk through "
+        "torch.compile (the first chunks take longer while it compiles); reduce-overhead: "
+        "replay them as CUDA graphs (CUDA)",
     )
     add_threads_argument(group)
 
@@ -364,8 +368,8 @@ def real_files(args: argparse.Namespace):
 def build_pipeline(args: argparse.Namespace):
     """The pipeline the arguments name; with --compile, its passes run through torch.compile."""
     pipeline = load_pipeline(args)
-    if getattr(args, "compile", False):
-        pipeline.compile()
+    if getattr(args, "compile", None):
+        pipeline.compile(args.compile)
     return pipeline
 
 

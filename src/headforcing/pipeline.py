@@ -27,6 +27,9 @@ from headforcing.sampling import FlowSchedule, LatentChunk, generate_chunks
 from headforcing.schedule import PromptSchedule, PromptSource
 from headforcing.switch import PromptSwitcher
 
+# torch.compile modes of ``--compile``: reduce-overhead replays each pass as a CUDA graph
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
 
 
@@ -115,6 +118,7 @@ class Pipeline:
         video = preset.video
         self.schedule = schedule or FlowSchedule(video.sampler_steps, video.sampler_shift)
         self.runner: Callable[..., torch.Tensor] = model  # the passes: the model or compiled
+        self.compile_mode: str | None = None
         # one stream over several ranks by heads (headforcing.distributed.heads.HeadParallel):
         # this rank's caches hold its heads, and every pass and re-cache goes through it
         self.parallel = None
@@ -164,10 +168,16 @@ class Pipeline:
         _, patch_h, patch_w = self.preset.model.patch_size
         return height // patch_h, width // patch_w
 
-    def compile(self) -> Pipeline:
-        """Run the denoising and commit passes through ``torch.compile`` (the transformer
-        block with attention through the cache; profiling passes stay eager)."""
-        self.runner = torch.compile(self.model)
+    def compile(self, mode: str = "default") -> Pipeline:
+        """Run the denoising and commit passes through ``torch.compile`` (the transformer with
+        attention through the cache; profiling passes stay eager), and every later cache's
+        end of chunk (:meth:`KVCache.compile_end_chunk`). ``mode``: one of
+        :data:`COMPILE_MODES`; ``reduce-overhead`` replays them as CUDA graphs, over cache
+        buffers marked static (:meth:`KVCache.mark_static`)."""
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"compile mode {mode!r}: one of {', '.join(COMPILE_MODES)}")
+        self.compile_mode = mode
+        self.runner = torch.compile(self.model, mode=None if mode == "default" else mode)
         return self
 
     def new_cache(self, policy: CachePolicy, permute: bool = True) -> KVCache:
@@ -181,7 +191,7 @@ class Pipeline:
         if permute and not contiguous:
             order = policy.head_order(config.num_layers, config.num_heads, chunk_frames)
             self.model.set_head_order(order)
-        return KVCache(
+        cache = KVCache(
             policy,
             config,
             *self.token_grid,
@@ -191,6 +201,12 @@ class Pipeline:
             dtype=self.model.dtype,
             head_order=self.model.head_order,
         )
+        if self.compile_mode is not None:
+            if self.compile_mode == "reduce-overhead":
+                cache.mark_static()
+            mode = None if self.compile_mode == "default" else self.compile_mode
+            cache.compile_end_chunk(mode=mode, fullgraph=True)
+        return cache
 
     def calibrate(self, prompt: str | PromptSource, seed: int = 0) -> HeadMap:
         """Profile the heads in one short rollout of the first prompt (the trained window,

@@ -13,14 +13,11 @@ as the merge blurs the content (the paper's exact merge is not public).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from headforcing.cache.frame_memory import FrameSlots
-
-if TYPE_CHECKING:
-    from headforcing.cache.kv import HeadGroup
 
 
 @dataclass(frozen=True)
@@ -42,44 +39,52 @@ class PatchMemory:
     def extent(self) -> int:
         return self.capacity_frames
 
-    def build(self, group: HeadGroup, base: int, band_base: int | None) -> PatchStore:
-        height, width = group.cache.token_grid
+    def build(self, store: Any, base: int, band_base: int | None) -> PatchStore:
+        height, width = store.cache.token_grid
         if height % self.patch or width % self.patch:
             raise ValueError(
                 f"a token grid of {height}x{width} does not split into {self.patch}x"
                 f"{self.patch} patches; use a size whose token grid does"
             )
-        return PatchStore(self, group, base, band_base)
+        return PatchStore(self, store, base, band_base)
 
 
 class PatchStore(FrameSlots):
-    """One group's merged frames, first in first out."""
+    """The merged frames of every group of a store, first in first out."""
 
-    def __init__(self, rule: PatchMemory, group: HeadGroup, base: int, band_base) -> None:
-        tokens = group.tokens_per_frame // rule.patch**2
-        super().__init__(rule.capacity_frames, tokens, group, base, band_base)
+    def __init__(self, rule: PatchMemory, store: Any, base: int, band_base) -> None:
+        tokens = store.tokens_per_frame // rule.patch**2
+        super().__init__(rule.capacity_frames, tokens, store, base, band_base)
         self.rule = rule
-        self.grid = group.cache.token_grid
-        self.absorbed = 0
+        self.grid = store.cache.token_grid
+        self.absorbed = torch.zeros((), dtype=torch.long, device=self.newest.device)
+        height, width = self.grid
+        corners = torch.arange(height * width).view(height, width)[:: rule.patch, :: rule.patch]
+        self._corners = corners.flatten().to(self.newest.device)  # [T / p^2] of a frame's T
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, Hg, T, C]`` -> ``[B, Hg, T / p^2, C]``: the mean of every patch."""
+        """``[B, H, T, C]`` -> ``[B, H, T / p^2, C]``: the mean of every patch."""
         (height, width), patch = self.grid, self.rule.patch
         blocks = x.unflatten(2, (height // patch, patch, width // patch, patch))
         return blocks.mean(dim=(3, 5)).flatten(2, 3)
 
-    def absorb(self, group: HeadGroup, frame: int, start: int) -> None:
+    def absorb(self, frame: torch.Tensor, slots: torch.Tensor) -> None:
+        store = self.store
         slot = self.absorbed % self.rule.capacity_frames
         self.absorbed += 1
-        source, target = slice(start, start + group.tokens_per_frame), self.slot_range(slot)
-        keys = group.keys[:, :, source]
-        group.keys[:, :, target] = self.merge(keys.float()).to(keys.dtype)
-        group.values[:, :, target] = self.merge(group.values[:, :, source].float()).to(keys.dtype)
-        if group.band is not None:
-            raw = group.unrotate(keys[..., : group.band_dim], frame)
-            band = self.slot_range(slot, self.band_base)
-            group.band[:, :, band] = self.merge(raw.float()).to(raw.dtype)
-        (height, width), patch = self.grid, self.rule.patch
-        corners = group.slot_token[source].view(height, width)[::patch, ::patch].flatten()
-        group.slot_token[target] = corners
-        self.took(slot, frame)
+        target = self.slot_tokens(slot, self.base)
+        keys = store.keys.index_select(2, slots)
+        merged_keys = self.merge(keys.float()).to(keys.dtype)
+        store.keys.index_copy_(2, target, merged_keys)
+        values = store.values.index_select(2, slots)
+        store.values.index_copy_(2, target, self.merge(values.float()).to(values.dtype))
+        if store.band is not None:
+            raw = store.unrotate(keys[..., : store.band_dim], frame)
+            band_target = self.slot_tokens(slot, self.band_base)
+            store.band.index_copy_(2, band_target, self.merge(raw.float()).to(raw.dtype))
+        corners = store.slot_token.index_select(1, slots.index_select(0, self._corners))
+        store.slot_token.index_copy_(1, target, corners)
+        self.took(slot, frame, torch.ones_like(frame, dtype=torch.bool))
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        return [self.newest, self.absorbed]

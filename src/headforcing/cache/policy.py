@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 
 if TYPE_CHECKING:
-    from headforcing.cache.memory import LongTermMemory
+    from headforcing.cache.longterm import LongTermMemory
 
 POSITION_MODES = ("absolute", "relative")
 

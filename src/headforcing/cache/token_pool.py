@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from headforcing.cache.kv import HeadGroup
+from headforcing.cache.longterm import gather_tokens, per_head
 
 
 @dataclass(frozen=True)
@@ -43,72 +42,72 @@ class TokenPoolMemory:
     def extent(self) -> int:
         return math.ceil(self.frames)
 
-    def build(self, group: HeadGroup, base: int, band_base: int | None) -> TokenPool:
-        return TokenPool(self, group, base, band_base)
+    def build(self, store: Any, base: int, band_base: int | None) -> TokenPool:
+        return TokenPool(self, store, base, band_base)
 
 
 class TokenPool:
-    """One group's pool: slots ``base .. base + C`` of its buffers."""
+    """The pools of every group of one store: slots ``base .. base + C`` of its buffers."""
 
-    def __init__(
-        self, rule: TokenPoolMemory, group: HeadGroup, base: int, band_base: int | None
-    ) -> None:
-        self.size = rule.capacity(group.tokens_per_frame)
-        self.tokens_per_frame = group.tokens_per_frame
+    def __init__(self, rule: TokenPoolMemory, store: Any, base: int, band_base: int | None) -> None:
+        self.size = rule.capacity(store.tokens_per_frame)
+        self.tokens_per_frame = store.tokens_per_frame
         self.region = slice(base, base + self.size)
         self.band_base = band_base
-        self.group = group
+        self.store = store
         self.known_full = False
-        device = group.keys.device
+        device = store.keys.device
         self._slots = torch.arange(base, base + self.size, device=device)
         self._band_slots = None if band_base is None else self._slots - base + band_base
+        self._ranks = torch.arange(self.size, device=device).expand(store.num_groups, -1)
 
     def _held(self) -> torch.Tensor:
-        return self.group.slot_token[self.region] >= 0
+        """``[G, C]``: pool slots that hold a token."""
+        return self.store.slot_token[:, self.region] >= 0
 
-    def absorb(self, group: HeadGroup, frame: int, start: int) -> None:
-        frame_slots = group.token_arange + start
-        slots = torch.cat([self._slots, frame_slots])
-        scores = group.importance.index_select(0, slots)
-        scores = torch.where(
-            torch.cat([self._held(), torch.ones_like(frame_slots, dtype=torch.bool)]),
-            scores,
-            -torch.inf,
+    def absorb(self, frame: torch.Tensor, slots: torch.Tensor) -> None:
+        store = self.store
+        groups = store.num_groups
+        candidates = torch.cat([self._slots, slots])  # [C + T], the same for every group
+        scores = store.importance.index_select(1, candidates)  # [G, C + T]
+        eligible = torch.cat(
+            [self._held(), torch.ones_like(scores[:, : slots.numel()], dtype=torch.bool)], dim=1
         )
-        best = scores.topk(self.size, sorted=False).indices
-        chosen = slots.index_select(0, best)
-        if group.band is not None:
-            frame_band = group.unrotate(
-                group.keys[:, :, start : start + group.tokens_per_frame, : group.band_dim], frame
+        scores = scores.masked_fill(~eligible, -torch.inf)
+        best = scores.topk(self.size, dim=1, sorted=False).indices  # [G, C]
+        chosen = candidates.expand(groups, -1).gather(1, best)  # [G, C] slots
+        best_heads, chosen_heads = per_head(store, best), per_head(store, chosen)
+        if store.band is not None:
+            frame_band = store.unrotate(
+                store.keys.index_select(2, slots)[..., : store.band_dim], frame
             )
-            bands = torch.cat([group.band.index_select(2, self._band_slots), frame_band], dim=2)
-            group.band.index_copy_(2, self._band_slots, bands.index_select(2, best))
-        for buffer in (group.keys, group.values):
-            buffer.index_copy_(2, self._slots, buffer.index_select(2, chosen))
-        for buffer in (group.slot_token, group.importance):
-            buffer.index_copy_(0, self._slots, buffer.index_select(0, chosen))
+            bands = torch.cat([store.band.index_select(2, self._band_slots), frame_band], dim=2)
+            store.band.index_copy_(2, self._band_slots, gather_tokens(bands, best_heads))
+        for buffer in (store.keys, store.values):
+            buffer.index_copy_(2, self._slots, gather_tokens(buffer, chosen_heads))
+        for buffer in (store.slot_token, store.importance):
+            buffer.index_copy_(1, self._slots, buffer.gather(1, chosen))
 
     def positions(self) -> torch.Tensor:
-        """Tokens in the order of their ids (frames), ``T`` to a temporal position."""
-        tokens = self.group.slot_token[self.region].long()
-        order = torch.where(tokens >= 0, tokens, torch.iinfo(torch.long).max).argsort()
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(self.size, device=order.device)
+        """``[G, C]``: tokens in the order of their ids (frames), ``T`` to a temporal position."""
+        tokens = self.store.slot_token[:, self.region].long()
+        order = torch.where(tokens >= 0, tokens, torch.iinfo(torch.long).max).argsort(dim=1)
+        rank = torch.empty_like(order).scatter_(1, order, self._ranks)
         return rank // self.tokens_per_frame
 
     def span(self) -> torch.Tensor:
-        held = self._held().sum()
+        held = self._held().sum(dim=1)
         return (held + self.tokens_per_frame - 1) // self.tokens_per_frame
 
     def full(self) -> torch.Tensor:
         return self._held().all()
 
-    def slot_mask(self, capacity: int) -> torch.Tensor:
+    def slot_mask(self, group: int, capacity: int) -> torch.Tensor:
         mask = torch.zeros(capacity, dtype=torch.bool, device=self._slots.device)
-        mask[self.region] = self._held()
+        mask[self.region] = self._held()[group]
         return mask
 
-    def after_rewind(self, group: HeadGroup, keep: torch.Tensor) -> None:
+    def after_rewind(self, keep: torch.Tensor) -> None:
         self.known_full = False  # dropped tokens are empty slots already
 
     def on_prompt_switch(self) -> None:

@@ -169,6 +169,30 @@ register(
 )
 
 
+# Wan2.1-1.3B's depth and heads (30 layers x 12 heads) with negligible arithmetic (8 channels a
+# head, 4 tokens a frame, a tiny FFN): what is left of a pass is dispatch, the host's cost of
+# launching every op, the proxy for a GPU's launch overhead (``headforcing bench``).
+register(
+    Preset(
+        name="wan-skeleton",
+        model=WanConfig(
+            dim=96,
+            ffn_dim=16,
+            freq_dim=16,
+            text_dim=16,
+            text_len=4,
+            num_heads=12,
+            num_layers=30,
+        ),
+        video=VideoConfig(height=32, width=32),  # 2 x 2 = 4 tokens per latent frame
+        description="Wan2.1-1.3B's 30 layers x 12 heads with negligible arithmetic "
+        "(dispatch and bookkeeping cost, benchmarks)",
+        has_text_encoder=False,
+        has_vae=False,
+    )
+)
+
+
 def get_preset(name: str) -> Preset:
     """Look a preset up by name, with an error that lists the valid names."""
     try:
