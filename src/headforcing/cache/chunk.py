@@ -45,8 +45,10 @@ def sampled_attention(
     valid: ``[1, N]`` bool or ``None`` (all). Returns ``[B, H, R, N]``: memory grows with R * N,
     never with L * N.
     """
-    queries = q[:, :, rows.to(q.device)].float()
-    scores = queries @ keys.float().transpose(-1, -2) / q.shape[-1] ** 0.5
+    queries = q.index_select(2, rows.to(q.device)) * q.shape[-1] ** -0.5
+    if queries.dtype != torch.float32:
+        queries, keys = queries.float(), keys.float()
+    scores = queries @ keys.transpose(-1, -2)
     if valid is not None:
         scores = scores.masked_fill(~valid, -torch.inf)
     return torch.softmax(scores, dim=-1)

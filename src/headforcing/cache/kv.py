@@ -299,7 +299,8 @@ class KVCache:
         self.policy = policy
         self.stores: list[GroupStore] = []
         self.layers = self._build(policy, head_order)
-        self._in_order = [_in_order(groups) for groups in self.layers]
+        # per layer, the groups' head counts when they are contiguous and in order (else None)
+        self._split_sizes = [_split_sizes(groups) for groups in self.layers]
         self.observers: list[AttentionObserver] = []
         self.frames_done = 0
         self.chunk: ChunkInfo | None = None
@@ -395,16 +396,19 @@ class KVCache:
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
         q, k = rotate(q, self._cos, self._sin), rotate(k, self._cos, self._sin)
         groups = self.layers[layer]
+        sizes = self._split_sizes[layer]
+        if sizes is not None:  # contiguous groups in order: their q/k/v in one call each
+            parts = zip(q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1), strict=True)
+        else:
+            parts = ((q[:, g.head_index], k[:, g.head_index], v[:, g.head_index]) for g in groups)
         outs = []
-        for group in groups:
-            heads = group.head_index
-            group_q = q[:, heads]
-            outs.append(group.attend(group_q, k[:, heads], v[:, heads], commit))
+        for group, (group_q, group_k, group_v) in zip(groups, parts, strict=True):
+            outs.append(group.store.attend(group.index, group_q, group_k, group_v, commit))
             for observer in self.observers:
                 observer.observe(layer, group, group_q, self.chunk, commit)
         if len(outs) == 1:
             out = outs[0]
-        elif self._in_order[layer]:  # contiguous groups, in order: one copy of the outputs
+        elif sizes is not None:  # one copy of the outputs
             out = torch.cat(outs, dim=1)
         else:  # gathered heads: each group writes its heads
             out = torch.empty_like(q)
@@ -517,15 +521,16 @@ def contiguous_groups(
     return True
 
 
-def _in_order(groups: list[HeadGroup]) -> bool:
-    """Whether a layer's groups are slices that follow each other from head 0 on."""
+def _split_sizes(groups: list[HeadGroup]) -> list[int] | None:
+    """The head counts of a layer's groups if they are slices that follow each other from
+    head 0 on, else ``None`` (gathered heads)."""
     start = 0
     for group in groups:
         index = group.head_index
         if not isinstance(index, slice) or index.start != start:
-            return False
+            return None
         start = index.stop
-    return True
+    return [len(group.heads) for group in groups]
 
 
 def _check_partition(specs: list[HeadGroupSpec], num_heads: int, layer: int) -> None:

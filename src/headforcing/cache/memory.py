@@ -183,10 +183,13 @@ class EpisodeBank:
         phase, leaves working memory of every group (tensor operations only)."""
         rule, store = self.rule, self.store
         frame_keys = store.keys.index_select(2, slots)  # [B, H, T, D]
-        summary = store.unrotate(frame_keys.float().mean(dim=(0, 2))[:, None], frame)[:, 0]
         frame_band = None
-        if store.band is not None:
+        if store.band is not None:  # the raw band is kept; the summary is its mean (linear)
             frame_band = store.unrotate(frame_keys[..., : store.band_dim], frame)
+            raw = torch.cat([frame_band, frame_keys[..., store.band_dim :]], dim=-1)
+            summary = raw.float().mean(dim=(0, 2))
+        else:
+            summary = store.unrotate(frame_keys.float().mean(dim=(0, 2))[:, None], frame)[:, 0]
 
         valid, first, current = self.valid, self.first, self.current
         # the least-attended episode (it goes when the list is full) and its neighbours in time

@@ -106,6 +106,8 @@ class GroupStore:
         self.ring: list[int | None] = [None] * self.ring_frames
         self._write_indices: dict[tuple[int, ...], torch.Tensor] = {}
         self._frame_slots: dict[int, torch.Tensor] = {}
+        self._views: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}
+        self.pass_views: list[tuple[torch.Tensor, ...]] = []  # this chunk's, per group
         # per chunk (begin): the claimed slots, the attended length, the masks
         self.write_index: torch.Tensor | None = None
         self.length = 0
@@ -164,6 +166,7 @@ class GroupStore:
             self.importance = F.pad(self.importance, (0, extra))
         self.ring += [None] * (size - self.ring_frames)
         self.ring_frames = size
+        self._views.clear()  # views of the old buffers
 
     # -- the chunk lifecycle ---------------------------------------------------------------
 
@@ -205,6 +208,7 @@ class GroupStore:
         # ``full`` to the frames so far (until a ring wraps, it holds frames in slots 0, 1, ...)
         attended = self.ring_frames if self.bounded else ring_used
         self.length = self.ring_base + attended * self.tokens_per_frame
+        self.pass_views = [self.views(group) for group in range(self.num_groups)]
         self.known_full = self._known_full(chunk, attended)
 
     def top_position(self, num_frames: int, end_frame: int) -> torch.Tensor | int:
@@ -271,19 +275,30 @@ class GroupStore:
             return raw
         return torch.cat([raw, x[..., band:]], dim=-1)
 
+    def views(self, group: int):
+        """Group ``group``'s buffers and the part of them a pass attends to (views made once
+        per length and allocation, picked in ``begin``: a pass does not re-slice, and a
+        compiled pass sees no dictionary)."""
+        key = (group, self.length)
+        views = self._views.get(key)
+        if views is None:
+            heads, length = self.head_slices[group], self.length
+            keys, values = self.keys[:, heads], self.values[:, heads]
+            views = (keys, values, keys[:, :, :length], values[:, :, :length])
+            self._views[key] = views
+        return views
+
     def attend(self, group: int, q, k, v, commit: bool) -> torch.Tensor:
         """Group ``group``'s pass: q, k rotated, v ``[B, Hg, L, D]`` -> ``[B, Hg, L, D]``;
         writes the chunk's K/V into its claimed slots."""
-        heads = self.head_slices[group]
-        keys, values = self.keys[:, heads], self.values[:, heads]
+        keys, values, attended_keys, attended_values = self.pass_views[group]
         keys.index_copy_(2, self.write_index, k)
         values.index_copy_(2, self.write_index, v)
-        keys, values = keys[:, :, : self.length], values[:, :, : self.length]
         mask = self.masks[group]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        out = F.scaled_dot_product_attention(q, attended_keys, attended_values, attn_mask=mask)
         if commit and self.importance is not None:
             rows = self.cache.importance_rows
-            mass = sampled_attention(q, keys, rows, mask).sum(dim=(0, 1, 2))  # [N]
+            mass = sampled_attention(q, attended_keys, rows, mask).sum(dim=(0, 1, 2))  # [N]
             self.importance[group, : self.length].add_(mass)
         return out
 
