@@ -21,7 +21,7 @@ memory holds is decided on the device, per group, by the memory bank.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,26 @@ import torch.nn.functional as F
 from headforcing.cache.chunk import ChunkInfo, sampled_attention
 from headforcing.cache.longterm import MemoryBank, per_head
 from headforcing.cache.policy import Retention
-from headforcing.model.rope import cos_sin, rotate
+from headforcing.model.config import WanConfig
+from headforcing.model.rope import Rope3D, cos_sin, rotate
 
-if TYPE_CHECKING:
-    from headforcing.cache.kv import KVCache
+
+class CacheShape(Protocol):
+    """What a store needs of its cache (:class:`headforcing.cache.kv.KVCache`): shapes, RoPE,
+    device, the open chunk and its sampled query rows."""
+
+    config: WanConfig
+    rope: Rope3D
+    tokens_per_frame: int
+    chunk_frames: int
+    token_grid: tuple[int, int]
+    batch: int
+    device: torch.device
+    dtype: torch.dtype
+    inverse_frequencies: torch.Tensor
+    importance_rows: torch.Tensor | None
+    chunk: ChunkInfo | None
+
 
 # ring frames allocated at most before the video needs them (a ring grows by doubling, up to
 # its bound; ``full`` has none); windows of the trained range (21 frames) are allocated whole
@@ -52,7 +68,7 @@ class GroupStore:
         The cache (shapes, RoPE, device, dtype).
     """
 
-    def __init__(self, rule: Retention, head_counts: list[int], cache: KVCache) -> None:
+    def __init__(self, rule: Retention, head_counts: list[int], cache: CacheShape) -> None:
         self.rule = rule
         self.cache = cache
         self.tokens_per_frame = tokens = cache.tokens_per_frame
