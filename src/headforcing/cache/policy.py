@@ -124,10 +124,16 @@ class CachePolicy(ABC):
 
 class HeadMapPolicy(CachePolicy):
     """A policy whose groups come from a head map (a dataclass with a ``head_map`` field): a
-    run without one profiles it first (:meth:`headforcing.pipeline.Pipeline.stream`)."""
+    run without one profiles it first (:meth:`headforcing.pipeline.Pipeline.stream`).
+
+    The plumbing lives here once: a subclass names its ``groups`` (in buffer order), says which
+    group every head of every layer joins (:meth:`head_labels`) and what each group keeps
+    (:meth:`group_rule`); the head groups and the one-line description follow.
+    """
 
     head_map = None
     default_switch: ClassVar[str] = "head-aware"
+    groups: ClassVar[tuple[str, ...]] = ()
 
     def with_head_map(self, head_map):
         return replace(self, head_map=head_map)
@@ -137,6 +143,33 @@ class HeadMapPolicy(CachePolicy):
             f"{self.name} needs a head map: pass --head-map, run `headforcing profile`, or let "
             "`generate` profile one before the run"
         )
+
+    @abstractmethod
+    def head_labels(self) -> list[list[str]]:
+        """``[layer][head]``: the group every head joins (one of :attr:`groups`)."""
+
+    @abstractmethod
+    def group_rule(self, group: str, chunk_frames: int) -> Retention:
+        """What the heads of ``group`` keep."""
+
+    def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
+        if self.head_map is None:
+            raise self.missing_map()
+        labels = self.head_labels()[layer]
+        specs = []
+        for group in self.groups:
+            heads = tuple(head for head, label in enumerate(labels) if label == group)
+            if heads:
+                specs.append(HeadGroupSpec(heads, self.group_rule(group, chunk_frames), group))
+        return specs
+
+    def describe(self) -> str:
+        """``name(L54/A90/M216)``: the heads of every group, by its initial."""
+        if self.head_map is None:
+            return f"{self.name}(map pending)"
+        flat = [label for row in self.head_labels() for label in row]
+        counts = "/".join(f"{group[0].upper()}{flat.count(group)}" for group in self.groups)
+        return f"{self.name}({counts})"
 
 
 class UniformPolicy(CachePolicy):

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from headforcing.cache.policy import HeadGroupSpec, HeadMapPolicy, Retention, check_position_mode
+from headforcing.cache.policy import HeadMapPolicy, Retention, check_position_mode
 from headforcing.heads.headmap import HeadMap
 
 GROUPS = ("dummy", "sink", "neighbour")
@@ -73,6 +73,7 @@ class DummyForcingPolicy(HeadMapPolicy):
     """
 
     name: ClassVar[str] = "dummy_forcing"
+    groups: ClassVar[tuple[str, ...]] = GROUPS
     head_map: HeadMap | None = field(default=None, repr=False)
     dummy_fraction: float = 0.5
     dummy_frames: int = 1
@@ -98,7 +99,7 @@ class DummyForcingPolicy(HeadMapPolicy):
                 f"window_frames {self.window_frames} is past the trained {trained_frames}"
             )
 
-    def rule_for(self, group: str, chunk_frames: int) -> Retention:
+    def group_rule(self, group: str, chunk_frames: int) -> Retention:
         if group == "dummy":
             return Retention(0, self.dummy_frames, positions=self.positions)
         if group == "sink":
@@ -106,21 +107,5 @@ class DummyForcingPolicy(HeadMapPolicy):
             return Retention(self.sink_frames, recent, positions=self.positions)
         return Retention(0, self.window_frames - chunk_frames, positions=self.positions)
 
-    def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
-        if self.head_map is None:
-            raise self.missing_map()
-        labels = program_heads(self.head_map, self.dummy_fraction)[layer]
-        specs = []
-        for group in GROUPS:
-            heads = tuple(head for head, label in enumerate(labels) if label == group)
-            if heads:
-                specs.append(HeadGroupSpec(heads, self.rule_for(group, chunk_frames), group))
-        return specs
-
-    def describe(self) -> str:
-        if self.head_map is None:
-            return f"{self.name}(map pending)"
-        flat = [label for row in program_heads(self.head_map, self.dummy_fraction) for label in row]
-        return (
-            f"{self.name}(D{flat.count('dummy')}/S{flat.count('sink')}/N{flat.count('neighbour')})"
-        )
+    def head_labels(self) -> list[list[str]]:
+        return program_heads(self.head_map, self.dummy_fraction)

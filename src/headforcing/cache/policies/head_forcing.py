@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from headforcing.cache.memory import EpisodicMemory
-from headforcing.cache.policy import HeadGroupSpec, HeadMapPolicy, Retention, check_position_mode
+from headforcing.cache.policy import HeadMapPolicy, Retention, check_position_mode
 from headforcing.heads.headmap import HEAD_TYPES, HeadMap
 
 
@@ -52,6 +52,7 @@ class HeadForcingPolicy(HeadMapPolicy):
     """
 
     name: ClassVar[str] = "head_forcing"
+    groups: ClassVar[tuple[str, ...]] = HEAD_TYPES
     head_map: HeadMap | None = field(default=None, repr=False)
     local_frames: int = 6
     sink_frames: int = 3
@@ -117,18 +118,8 @@ class HeadForcingPolicy(HeadMapPolicy):
         memory = self._memory_rule() if self.max_episodes else None
         return Retention(self.sink_frames, self.working_frames, memory, self.positions)
 
-    def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
-        if self.head_map is None:
-            raise self.missing_map()
-        specs = []
-        for label in HEAD_TYPES:
-            heads = self.head_map.heads_of(layer, label)
-            if heads:
-                specs.append(HeadGroupSpec(heads, self.rule_for(label), label))
-        return specs
+    def group_rule(self, group: str, chunk_frames: int) -> Retention:
+        return self.rule_for(group)
 
-    def describe(self) -> str:
-        if self.head_map is None:
-            return f"{self.name}(map pending)"
-        counts = self.head_map.counts()
-        return f"{self.name}(L{counts['local']}/A{counts['anchor']}/M{counts['memory']})"
+    def head_labels(self) -> list[list[str]]:
+        return [list(row) for row in self.head_map.labels]

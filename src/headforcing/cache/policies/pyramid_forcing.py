@@ -23,10 +23,11 @@ from typing import ClassVar
 
 from headforcing.cache.frame_memory import FrameMemory
 from headforcing.cache.patch_memory import PatchMemory
-from headforcing.cache.policy import HeadGroupSpec, HeadMapPolicy, Retention
+from headforcing.cache.policy import HeadMapPolicy, Retention
 from headforcing.heads.headmap import HeadMap
 
 CLASSES = {"local": "wave", "anchor": "anchor", "memory": "veil"}
+LABELS = {kind: label for label, kind in CLASSES.items()}
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PyramidForcingPolicy(HeadMapPolicy):
     """
 
     name: ClassVar[str] = "pyramid_forcing"
+    groups: ClassVar[tuple[str, ...]] = tuple(CLASSES.values())
     head_map: HeadMap | None = field(default=None, repr=False)
     recent_frames: int = 4
     wave_sink_frames: int = 1
@@ -90,18 +92,8 @@ class PyramidForcingPolicy(HeadMapPolicy):
                     f"trained {trained_frames}; lower their budgets"
                 )
 
-    def head_groups(self, layer: int, num_heads: int, chunk_frames: int) -> list[HeadGroupSpec]:
-        if self.head_map is None:
-            raise self.missing_map()
-        specs = []
-        for label, kind in CLASSES.items():
-            heads = self.head_map.heads_of(layer, label)
-            if heads:
-                specs.append(HeadGroupSpec(heads, self.rule_for(label), kind))
-        return specs
+    def group_rule(self, group: str, chunk_frames: int) -> Retention:
+        return self.rule_for(LABELS[group])
 
-    def describe(self) -> str:
-        if self.head_map is None:
-            return f"{self.name}(map pending)"
-        counts = self.head_map.counts()
-        return f"{self.name}(W{counts['local']}/A{counts['anchor']}/V{counts['memory']})"
+    def head_labels(self) -> list[list[str]]:
+        return [[CLASSES[label] for label in row] for row in self.head_map.labels]
