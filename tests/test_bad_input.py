@@ -128,7 +128,10 @@ CASES = {
     "huge --seed": (["generate", "x", *TINY, "--seed", str(2**64)], "0..2**63-1"),
     "negative --seed": (["generate", "x", *TINY, "--seed", "-1"], "0..2**63-1"),
     "--frames not a number": (["generate", "x", "--frames", "many"], "invalid int value"),
-    "PROMPT not UTF-8": (["generate", "caf\udce9", *TINY], "PROMPT is not valid UTF-8"),
+    "PROMPT not UTF-8": (
+        ["generate", "caf\udce9", *TINY],
+        "PROMPT: the prompt is not valid UTF-8 text (a lone surrogate, U+DCE9, at character 4",
+    ),
     # the output
     "--out not .mp4": (
         ["generate", "x", *TINY, "--out", "{d}/x.txt"],

@@ -257,15 +257,6 @@ def check_memory(args: argparse.Namespace, policy, num_frames: int, device, dtyp
     check_fits(estimate, device, f"{width}x{height} frames with --policy {policy.name}")
 
 
-def check_prompt_text(text: str, where: str) -> str:
-    """Refuse text that is not valid Unicode (undecodable bytes in argv become surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where} is not valid UTF-8 text; give the prompt in UTF-8") from None
-    return text
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -437,6 +428,19 @@ def toy_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     return pipeline
 
 
+def check_loaded_prompts(pipeline, prompts, where: str | None = "PROMPT") -> None:
+    """Once the model is loaded, before any chunk: every prompt fits its text encoder (none
+    longer than it reads), and the toy model is given toy-world prompts only. ``where``: the
+    source of a single prompt (a schedule names its own file and lines)."""
+    from headforcing.io.text import check_prompt
+
+    if isinstance(prompts, str):
+        check_prompt(prompts, where, pipeline.text_encoder)
+    else:
+        prompts.check_prompts(pipeline.text_encoder)
+    check_toy_prompts(pipeline, prompts)
+
+
 def check_toy_prompts(pipeline, prompts) -> None:
     """The toy model only knows toy-world prompts: refuse others before generating."""
     if pipeline.preset.name != "toy" or not pipeline.weights_id.startswith("toy-"):
@@ -482,6 +486,7 @@ def add_switch_argument(group) -> None:
 
 def prompts_from_args(args: argparse.Namespace):
     """PROMPT, or the schedule of --prompts FILE, checked before any model loads."""
+    from headforcing.io.text import check_prompt
     from headforcing.schedule import FrameClock, load_schedule
 
     if (args.prompt is None) == (args.prompts is None):
@@ -490,7 +495,7 @@ def prompts_from_args(args: argparse.Namespace):
     if args.prompts is None:
         if args.switch_frames:
             raise ValueError("--switch-frames goes with --prompts FILE (LongLive's format)")
-        return check_prompt_text(args.prompt, "PROMPT")
+        return check_prompt(args.prompt, "PROMPT")
     switch_frames = None
     if args.switch_frames:
         try:
@@ -522,7 +527,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return generate_by_heads(args, out, device, num_frames, prompts, policy, head_map)
     print("loading the model", file=sys.stderr, flush=True)
     pipeline = build_pipeline(args)
-    check_toy_prompts(pipeline, prompts)
+    check_loaded_prompts(pipeline, prompts)
     policy, head_map_source = attach_head_map(policy, head_map, pipeline)
     describe_run(args, pipeline, policy, head_map_source, num_frames, prompts)
     return write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, storer(pipeline))
@@ -605,7 +610,7 @@ def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy,
         if world.is_main:
             print(f"loading the model on {world.size} ranks", file=sys.stderr, flush=True)
         pipeline = build_pipeline(args)
-        check_toy_prompts(pipeline, prompts)
+        check_loaded_prompts(pipeline, prompts)
         policy, source = attach_head_map(policy, head_map, pipeline)
         if getattr(policy, "head_map", "-") is None:  # a head-map policy without one
             # every rank profiles the same map (same prompt, seed, weights): nothing to send
@@ -739,7 +744,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.device = str(world.device(device))
         pipeline = build_pipeline(args)
         for item in items:
-            check_toy_prompts(pipeline, item.prompt)
+            check_loaded_prompts(pipeline, item.prompt, f"{args.prompts} line {item.line}")
         for name, policy in policies.items():
             policy, source = attach_head_map(policy, head_map, pipeline)
             if getattr(policy, "head_map", "-") is None:  # a head-map policy without one
@@ -886,11 +891,12 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     from headforcing.interrupts import deferred_interrupt, exit_code
     from headforcing.io.provenance import run_metadata
     from headforcing.io.scale import display_scale
+    from headforcing.io.text import check_prompt
     from headforcing.io.video import check_output_path
 
     # prepare input: the arguments, then the port (bound now: a busy port fails before loading)
     out = check_output_path(args.out, overwrite=args.overwrite)
-    check_prompt_text(args.prompt, "PROMPT")
+    check_prompt(args.prompt, "PROMPT")
     device, dtype = check_run_args(args)
     num_frames = length_from_args(args)
     policy = policy_from_args(args)
@@ -899,6 +905,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     server = LiveServer.bind(args.port)
     try:
         pipeline = build_pipeline(args)
+        check_loaded_prompts(pipeline, args.prompt)
         policy, _ = attach_head_map(policy, head_map, pipeline)
         session = LiveSession(
             pipeline,
@@ -911,7 +918,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
             pace=not args.no_pace,
             overwrite=args.overwrite,
             on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
-            check_prompt=lambda prompt: check_toy_prompts(pipeline, prompt),
+            check_prompt=lambda prompt: check_loaded_prompts(pipeline, prompt, where=None),
             scale=display_scale(pipeline.height, pipeline.width, args.scale),
             metadata=run_metadata(pipeline, args.prompt, args.seed, policy, num_frames),
         )
@@ -1053,11 +1060,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from headforcing.heads.plot import plot_head_map
     from headforcing.heads.profile import ProfileSettings, profile_heads
     from headforcing.heads.store import store_map
+    from headforcing.io.text import check_prompt
 
-    prompts = [check_prompt_text(prompt, "PROMPT") for prompt in args.prompt]
+    sources = [(check_prompt(prompt, "PROMPT"), "PROMPT") for prompt in args.prompt]
     if args.prompts is not None:
         lines = read_text_file(args.prompts, "--prompts").splitlines()
-        prompts += [line.strip() for line in lines if line.strip()]
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                where = f"{args.prompts} line {number}"
+                sources.append((check_prompt(line.strip(), where), where))
+    prompts = [prompt for prompt, _ in sources]
     if not prompts:
         raise ValueError("give prompts: PROMPT arguments or --prompts FILE (one per line)")
     for path in (args.out, args.png or args.out.with_suffix(".png")):
@@ -1071,8 +1083,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         chunks=tuple(args.chunks), query_rows=args.query_rows, frames=args.frames
     )
     pipeline = build_pipeline(args)
-    for prompt in prompts:  # a map profiled on prompts the model cannot read is no map
-        check_toy_prompts(pipeline, prompt)
+    for prompt, where in sources:  # a map profiled on prompts the model cannot read is no map
+        check_loaded_prompts(pipeline, prompt, where)
     bar = tqdm(total=len(prompts), unit="prompt", desc="profiling", file=sys.stderr)
     head_map = profile_heads(
         pipeline,
@@ -1108,10 +1120,12 @@ def read_text_file(path: Path, option: str) -> str:
 
 def cmd_recall(args: argparse.Namespace) -> int:
     from headforcing.heads.recall import measure_recall
+    from headforcing.io.text import check_prompt
 
+    check_prompt(args.prompt, "PROMPT")
     check_run_args(args)
     pipeline = build_pipeline(args)
-    check_toy_prompts(pipeline, args.prompt)
+    check_loaded_prompts(pipeline, args.prompt)
     video = pipeline.preset.video
     policies, labels = {}, None
     for name in args.policies:
@@ -1147,6 +1161,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from headforcing.interrupts import exit_code
+    from headforcing.io.text import check_prompt
     from headforcing.toyworld.demo import DEMO_FILES, check_demo_folder, run_demo
 
     if not 42 <= args.frames <= MAX_LATENT_FRAMES:
@@ -1154,7 +1169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed {args.seed} is out of range; give an integer in 0..2**63-1")
     if args.prompt is not None:
-        check_prompt_text(args.prompt, "--prompt")
+        check_prompt(args.prompt, "--prompt")
     check_demo_folder(args.out_dir)
     try:
         report = run_demo(

@@ -25,10 +25,9 @@ import numpy as np
 
 from headforcing.cache import CachePolicy
 from headforcing.heads.headmap import HeadMap
+from headforcing.io.text import check_prompt
 from headforcing.io.video import VideoWriter
 from headforcing.pipeline import Pipeline
-
-MAX_PROMPT_CHARS = 2000
 
 
 class RunEnded(RuntimeError):
@@ -44,11 +43,7 @@ class LivePrompt:
 
     @staticmethod
     def _checked(prompt: str) -> str:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
-        return prompt.strip()
+        return check_prompt(prompt).strip()  # refused here, the running prompt stays
 
     def set(self, prompt: str) -> str:
         """Queue ``prompt`` for the next chunk; returns it as it will be used."""
