@@ -45,6 +45,7 @@ def make_files(root):
     (root / "latin1.txt").write_bytes("un caf\xe9 au lait".encode("latin-1"))
     (root / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
     (root / "exists.mp4").write_bytes(b"keep me")
+    (root / "exists.json").write_bytes(b"keep me")
     (root / "target.mp4").write_bytes(b"the link's target")
     (root / "link.mp4").symlink_to(root / "target.mp4")
     (root / "a_file").write_bytes(b"")
@@ -139,8 +140,8 @@ CASES = {
     ),
     "--out exists": (["generate", "x", *TINY, "--out", "{d}/exists.mp4"], "--overwrite"),
     "profile --out exists": (
-        ["profile", "x", "--preset", "tiny", "--out", "{d}/exists.mp4"],
-        "already exists (or is a link); pass --overwrite",
+        ["profile", "x", "--preset", "tiny", "--out", "{d}/exists.json"],
+        "--out {d}/exists.json already exists; pass --overwrite to replace it",
     ),
     "--out is a link": (
         ["generate", "x", *TINY, "--overwrite", "--out", "{d}/link.mp4"],

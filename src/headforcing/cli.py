@@ -512,11 +512,27 @@ def prompts_from_args(args: argparse.Namespace):
     return schedule
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from headforcing.io.video import check_output_path
+def check_video_out(args: argparse.Namespace) -> Path:
+    """``--out`` of a command that writes a video, by the one rule of every output
+    (:func:`headforcing.io.files.check_output_path`)."""
+    from headforcing.io.files import check_output_path
 
+    return check_output_path(args.out, option="--out", overwrite=args.overwrite, suffixes=(".mp4",))
+
+
+def check_report_outs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--out`` (JSON) and ``--png`` (default: beside ``--out``) of ``profile`` and ``recall``."""
+    from headforcing.io.files import check_output_path
+
+    out = check_output_path(args.out, option="--out", overwrite=args.overwrite, suffixes=(".json",))
+    png = args.png if args.png is not None else out.with_suffix(".png")
+    png = check_output_path(png, option="--png", overwrite=args.overwrite, suffixes=(".png",))
+    return out, png
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     # prepare input: all of it checked before the model loads
-    out = check_output_path(args.out, overwrite=args.overwrite)
+    out = check_video_out(args)
     device, dtype = check_run_args(args)
     num_frames = length_from_args(args)
     prompts = prompts_from_args(args)
@@ -708,7 +724,7 @@ def check_out_dir(path: Path) -> Path:
 def cmd_batch(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from headforcing.batch import expand_jobs, read_items, run_batch
+    from headforcing.batch import check_outputs, expand_jobs, read_items, run_batch
     from headforcing.distributed import join_world
     from headforcing.schedule import FrameClock
 
@@ -736,6 +752,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         head_map = head_map_from_args(args, policies["head_forcing"])
     jobs = expand_jobs(items, args.policies, args.seed, batch_lengths(args, length_from_args(args)))
     out_dir = check_out_dir(args.out_dir)
+    check_outputs(out_dir, jobs, args.overwrite)
 
     # the ranks: only control messages pass between them (gloo); the last rank may finish
     # hours after the first, so the final barrier waits long
@@ -773,7 +790,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         report = run_batch(
-            pipeline, jobs, policies.__getitem__, out_dir, world, settings, args.switch, args.scale
+            pipeline,
+            jobs,
+            policies.__getitem__,
+            out_dir,
+            world,
+            settings,
+            args.switch,
+            args.scale,
+            args.overwrite,
         )
         if world.is_main:
             print(
@@ -892,10 +917,9 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     from headforcing.io.provenance import run_metadata
     from headforcing.io.scale import display_scale
     from headforcing.io.text import check_prompt
-    from headforcing.io.video import check_output_path
 
     # prepare input: the arguments, then the port (bound now: a busy port fails before loading)
-    out = check_output_path(args.out, overwrite=args.overwrite)
+    out = check_video_out(args)
     check_prompt(args.prompt, "PROMPT")
     device, dtype = check_run_args(args)
     num_frames = length_from_args(args)
@@ -987,6 +1011,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not (math.isfinite(seconds) and 0 < seconds <= 3600):
             raise ValueError(f"--seconds {seconds:g}: give lengths in (0, 3600] seconds")
     check_run_args(args)
+    if args.json is not None:
+        from headforcing.io.files import check_output_path
+
+        check_output_path(args.json, option="--json", overwrite=args.overwrite, suffixes=(".json",))
     if args.head_map is not None and "head_forcing" in args.policies:
         from headforcing.heads.headmap import HeadMap
 
@@ -1045,6 +1073,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         path = write_json(
             rows,
             args.json,
+            args.overwrite,
             title=title,
             compiled=args.compile,
             decode_ms_per_chunk=decode_ms,
@@ -1072,12 +1101,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     prompts = [prompt for prompt, _ in sources]
     if not prompts:
         raise ValueError("give prompts: PROMPT arguments or --prompts FILE (one per line)")
-    for path in (args.out, args.png or args.out.with_suffix(".png")):
-        if path.is_symlink() or (path.exists() and not args.overwrite):
-            raise ValueError(
-                f"--out {path} already exists (or is a link); pass --overwrite to replace it, "
-                "or choose another --out"
-            )
+    out, png = check_report_outs(args)
     check_run_args(args)
     settings = ProfileSettings(
         chunks=tuple(args.chunks), query_rows=args.query_rows, frames=args.frames
@@ -1099,8 +1123,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         local_threshold=args.local_threshold,
     )
     bar.close()
-    out = head_map.save(args.out)
-    png = plot_head_map(head_map, args.png or out.with_suffix(".png"))
+    out = head_map.save(out, args.overwrite)
+    png = plot_head_map(head_map, png, args.overwrite)
     stored = store_map(head_map, pipeline.weights_id)
     counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
     print(
@@ -1123,6 +1147,7 @@ def cmd_recall(args: argparse.Namespace) -> int:
     from headforcing.io.text import check_prompt
 
     check_prompt(args.prompt, "PROMPT")
+    out, png = check_report_outs(args)
     check_run_args(args)
     pipeline = build_pipeline(args)
     check_loaded_prompts(pipeline, args.prompt)
@@ -1153,8 +1178,8 @@ def cmd_recall(args: argparse.Namespace) -> int:
         labels=labels,
     )
     print(report.table(video.chunk_frames))
-    out = report.save(args.out)
-    png = report.plot(args.png or Path(args.out).with_suffix(".png"))
+    out = report.save(out, args.overwrite)
+    png = report.plot(png, args.overwrite)
     print(f"recall per head: {out}, picture {png}", file=sys.stderr)
     return 0
 
@@ -1170,7 +1195,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed {args.seed} is out of range; give an integer in 0..2**63-1")
     if args.prompt is not None:
         check_prompt(args.prompt, "--prompt")
-    check_demo_folder(args.out_dir)
+    check_demo_folder(args.out_dir, args.overwrite)
     try:
         report = run_demo(
             args.out_dir,
@@ -1179,6 +1204,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             seed=args.seed,
             scale=args.scale,
+            overwrite=args.overwrite,
         )
     except KeyboardInterrupt as stop:
         video = args.out_dir / DEMO_FILES["video"]
@@ -1198,11 +1224,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from headforcing.eval.plot import plot_over_time
     from headforcing.eval.report import evaluate, format_table, write_json
     from headforcing.eval.segments import sources
+    from headforcing.io.files import check_output_path
 
-    # prepare input: the outputs' names and every file, before anything is measured
+    # prepare input: the outputs (the one rule of every output) and every file, before
+    # anything is measured
     for option, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
-        if path is not None and path.suffix.lower() != suffix:
-            raise ValueError(f"{option} {path}: give a file name ending in {suffix}")
+        if path is not None:
+            check_output_path(path, option=option, overwrite=args.overwrite, suffixes=(suffix,))
     for path in args.video:
         if not path.is_file():
             raise ValueError(f"VIDEO {path}: no such file")
@@ -1215,9 +1243,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"VIDEO {path}: not a video PyAV can read ({error})") from None
     print(format_table(results))
     if args.json is not None:
-        print(f"measures per segment: {write_json(results, args.json)}", file=sys.stderr)
+        path = write_json(results, args.json, args.overwrite)
+        print(f"measures per segment: {path}", file=sys.stderr)
     if args.plot is not None:
-        print(f"measures over time: {plot_over_time(results, args.plot)}", file=sys.stderr)
+        path = plot_over_time(results, args.plot, args.overwrite)
+        print(f"measures over time: {path}", file=sys.stderr)
     return 0
 
 
@@ -1269,6 +1299,11 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--frames", type=int, help="video length in latent frames")
     batch.add_argument(
         "--seed", type=int, default=0, help="item i's seed is SEED + i unless the item gives one"
+    )
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="make every video again and replace it (default: skip the finished ones)",
     )
     add_switch_argument(batch.add_argument_group("prompt switch"))
     add_scale_argument(batch)
@@ -1327,6 +1362,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkered background)",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the demo's files in --out-dir"
+    )
     add_scale_argument(demo)
     add_threads_argument(demo)
     demo.set_defaults(run=cmd_demo)
@@ -1336,7 +1374,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--prompts", type=Path, help="a file of prompts, one per line")
     profile.add_argument("--out", type=Path, default=Path("head_map.json"), help="head map JSON")
     profile.add_argument("--png", type=Path, help="the picture (default: next to --out)")
-    profile.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    profile.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out and --png"
+    )
     profile.add_argument("--frames", type=int, default=21, help=f"{FRAMES_HELP} per rollout")
     profile.add_argument(
         "--chunks", type=int, nargs="+", default=[3, 4, 5, 6], help="chunks whose attention is read"
@@ -1372,6 +1412,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", type=Path, help="also write every segment to this JSON file")
     evaluate.add_argument("--plot", type=Path, help="also plot each measure over time (PNG)")
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json or --plot"
+    )
     evaluate.set_defaults(run=cmd_eval)
 
     bench = commands.add_parser("bench", help="ms per DiT pass, frames/s and K/V bytes by length")
@@ -1393,6 +1436,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--head-map", type=Path, help="head_forcing: map (default: profiled)")
     bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing --json")
     bench.add_argument(
         "--random-vae",
         action="store_true",
@@ -1425,6 +1469,9 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--seed", type=int, default=0)
     recall.add_argument("--out", type=Path, default=Path("recall.json"))
     recall.add_argument("--png", type=Path, help="the picture (default: next to --out)")
+    recall.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out and --png"
+    )
     add_model_arguments(recall)
     add_real_model_arguments(recall)
     recall.set_defaults(run=cmd_recall)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -32,49 +31,6 @@ METADATA_TAG = "comment"  # an MP4 tag FFmpeg writes into moov/udta and every pl
 METADATA_KEY = "headforcing"  # marks our JSON among other tools' comments
 
 
-def check_output_path(path: str | Path, *, overwrite: bool = False, option: str = "--out") -> Path:
-    """Refuse an output video path before anything is computed; returns it as a Path.
-
-    Refused: a suffix other than ``.mp4``, a symbolic link (never written through, even with
-    ``overwrite``), a folder, an existing file unless ``overwrite``, and a folder (or the
-    nearest existing folder above it) this process cannot create files in. Creates nothing.
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".mp4":
-        raise ValueError(
-            f"{option} {path}: videos are written as MP4; give a name ending in .mp4 "
-            f"(e.g. {path.with_suffix('.mp4').name})"
-        )
-    if path.is_symlink():
-        raise ValueError(
-            f"{option} {path} is a symbolic link; headforcing never writes through a link: "
-            "give the path of a regular file, or remove the link"
-        )
-    if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give a file name ending in .mp4")
-    if path.exists() and not overwrite:
-        raise ValueError(
-            f"{option} {path} already exists; pass --overwrite to replace it, or choose another "
-            f"{option}"
-        )
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"{option} {path}: {folder} is not a folder; choose another {option}")
-    try:
-        with tempfile.TemporaryFile(dir=folder):  # a real probe: permissions, read-only mounts
-            pass
-    except OSError as error:
-        raise ValueError(
-            f"{option} {path}: cannot create files in {folder} ({error.strerror}); choose "
-            f"another {option}"
-        ) from None
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"{option} {path} is read-only; choose another {option}")
-    return path
-
-
 class VideoWriter:
     """Append uint8 frames ``[F, H, W, 3]`` to an H.264 MP4, one chunk per :meth:`write`.
 
@@ -82,7 +38,8 @@ class VideoWriter:
     ----------
     path:
         Output file; its folder is created. A symbolic link is refused, and an existing file
-        unless ``overwrite``.
+        unless ``overwrite`` (:func:`headforcing.io.files.check_output_path` checks the same
+        before a command starts).
     fps:
         Frames per second (16 for Wan).
     crf:
