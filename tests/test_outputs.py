@@ -1,6 +1,7 @@
 """One rule for every file a command writes: an existing file is refused unless ``--overwrite``,
 a symbolic link (live or dangling) always, a folder that cannot take files before any work, and
-the file is written beside and renamed."""
+the file is written beside and renamed. And a finished video is a plain MP4: its index
+(``moov``, with the whole sample table and the real duration) before the data, no fragments."""
 
 import json
 import os
@@ -11,7 +12,9 @@ import torch
 
 from headforcing.batch import video_name
 from headforcing.cli import main
-from headforcing.io.video import VideoWriter, read_video
+from headforcing.io.video import VideoWriter, read_metadata, read_video
+
+from .mp4boxes import moov_facts, top_level
 
 TINY = ["--preset", "tiny", "--height", "32", "--width", "32"]
 KEEP = b"keep me"
@@ -154,3 +157,44 @@ def test_a_folder_that_takes_no_files_is_refused_before_the_work(
     line = refusal(argv, capsys, monkeypatch, tmp_path)
     assert f"error: {option} /proc/{out.name}: cannot create files in /proc (" in line
     assert "Errno" not in line
+
+
+# ------------------------------------------------------------------ a finished video
+
+
+def test_a_finished_video_is_a_plain_mp4_with_its_index_first(tmp_path):
+    out = tmp_path / "video.mp4"
+    prompt = "a red ball bounces on a checkered floor"
+    argv = ["generate", prompt, *TINY, "--frames", "9", "--scale", "1", "--out", str(out)]
+    assert main(argv) == 0
+    frames = 1 + 4 * 8  # 9 latent frames
+    boxes = top_level(out)
+    assert "moof" not in boxes and "mfra" not in boxes, boxes  # no fragments
+    assert boxes.index("moov") < boxes.index("mdat"), boxes  # faststart: the index first
+    facts = moov_facts(out)
+    assert not facts["mvex"] and facts["samples"] == frames
+    assert abs(facts["duration_s"] - frames / 16) <= 1e-3  # the real duration, in the header
+    import av
+
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert stream.frames == frames
+        assert abs(float(stream.duration * stream.time_base) - frames / 16) < 1e-6
+        assert sum(1 for _ in container.decode(video=0)) == frames
+    record = read_metadata(out)  # the run record survives the rewrite
+    assert record["prompt"] == prompt and record["frames"] == 9
+    assert os.listdir(tmp_path) == ["video.mp4"]
+
+
+def test_a_writer_closed_without_finishing_keeps_the_fragments(tmp_path):
+    out = tmp_path / "cut.mp4"
+    writer = VideoWriter(out, fps=16)
+    assert not out.exists()  # nothing until a chunk is written
+    for _ in range(2):
+        writer.write(torch.zeros(9, 32, 32, 3, dtype=torch.uint8))
+    assert out.exists()  # from the second chunk on, the file plays while it grows
+    writer.close()
+    assert "moof" in top_level(out) and read_video(out).shape[0] == 18
+    empty = VideoWriter(tmp_path / "none.mp4", fps=16)
+    empty.close()
+    assert os.listdir(tmp_path) == ["cut.mp4"]

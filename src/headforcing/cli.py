@@ -826,15 +826,17 @@ def write_stream(
     which signals never interrupt; the stream finishes the chunk in its worker however it
     ends, before the file is closed. A stop signal waits while the file is closed (a second
     one, too), so the file always ends on a whole chunk; the run then exits with 130 or 143.
+    A run that ends as planned leaves a plain MP4, a stopped one the fragmented file of its
+    finished chunks, one stopped before its first chunk no file (:mod:`headforcing.io.video`).
     """
     from headforcing.interrupts import deferred_interrupt, exit_code
     from headforcing.io.video import VideoWriter
 
     progress = ChunkProgress(num_frames)
     began = time.perf_counter()
-    with deferred_interrupt():
-        writer = VideoWriter(out, fps=fps, overwrite=overwrite, scale=scale, metadata=metadata)
+    writer = VideoWriter(out, fps=fps, overwrite=overwrite, scale=scale, metadata=metadata)
     stop = None
+    complete = False
     stream = make_stream(lambda chunk: writer.write(chunk.frames[0]))
     try:
         last_prompt = None
@@ -845,6 +847,7 @@ def write_stream(
             last_prompt = chunk.prompt
             written += chunk.frames.shape[1]
             progress.chunk_written(chunk, written)
+        complete = True
     except KeyboardInterrupt as error:
         stop = error
     finally:
@@ -856,18 +859,32 @@ def write_stream(
         progress.close()
         try:
             with deferred_interrupt():
-                writer.close()
+                if complete and stop is None:
+                    writer.finish()  # the whole video, rewritten as a plain MP4
+                else:
+                    writer.close()  # the finished chunks, as a fragmented MP4
         except KeyboardInterrupt as error:
             stop = stop or error
     seconds = time.perf_counter() - began
     frames = writer.frames_written
+    if frames == 0 and stop is not None:  # stopped before the first chunk: no file was made
+        print(
+            f"interrupted ({stop}) before the first chunk: nothing was written to {out}; the "
+            "same command runs again",
+            file=sys.stderr,
+        )
+        return exit_code(stop)
     print(
         f"wrote {out} ({frames} frames, {frames / fps:.1f} s of video) in {seconds:.1f} s: "
         f"{frames / seconds:.1f} frames/s",
         file=sys.stderr,
     )
     if stop is not None:
-        print(f"interrupted ({stop}): kept {frames} finished frames", file=sys.stderr)
+        print(
+            f"interrupted ({stop}): kept {frames} finished frames (a fragmented MP4: it plays, "
+            "and --overwrite replaces it)",
+            file=sys.stderr,
+        )
         return exit_code(stop)
     return 0
 
@@ -974,10 +991,14 @@ def cmd_interactive(args: argparse.Namespace) -> int:
         server.shutdown()
         server.server_close()
     state = session.state()
-    print(
-        f"wrote {out} ({state['frames_written']} frames, {len(state['switches'])} prompt switches)",
-        file=sys.stderr,
-    )
+    if state["frames_written"] == 0:  # stopped or failed before the first chunk: no file
+        print(f"nothing was written to {out}: no chunk was finished", file=sys.stderr)
+    else:
+        print(
+            f"wrote {out} ({state['frames_written']} frames, {len(state['switches'])} prompt "
+            "switches)",
+            file=sys.stderr,
+        )
     if state["error"]:
         print(f"headforcing interactive: error: {state['error']}", file=sys.stderr)
         return 1
@@ -1196,6 +1217,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.prompt is not None:
         check_prompt(args.prompt, "--prompt")
     check_demo_folder(args.out_dir, args.overwrite)
+    video = args.out_dir / DEMO_FILES["video"]
+    before = video.stat().st_ino if video.exists() else None  # --overwrite: the old one
     try:
         report = run_demo(
             args.out_dir,
@@ -1207,8 +1230,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )
     except KeyboardInterrupt as stop:
-        video = args.out_dir / DEMO_FILES["video"]
-        print(f"interrupted ({stop}): {video} holds the chunks made so far", file=sys.stderr)
+        if video.exists() and video.stat().st_ino != before:
+            print(f"interrupted ({stop}): {video} holds the chunks made so far", file=sys.stderr)
+        else:
+            print(f"interrupted ({stop}) before the first chunk: no video written", file=sys.stderr)
         return exit_code(stop)
     print(
         f"side-by-side video: {report.video}\nreport: {report.report}\n"

@@ -173,10 +173,10 @@ def run_demo(
         "scale": scale,  # of each panel; the writer adds none
         "panels": panel_layout(("real clip", *names), pipeline.height, scale),
     }
-    with deferred_interrupt():
-        writer = VideoWriter(
-            video_path, fps=pipeline.preset.video.fps, overwrite=overwrite, metadata=metadata
-        )
+    writer = VideoWriter(
+        video_path, fps=pipeline.preset.video.fps, overwrite=overwrite, metadata=metadata
+    )
+    complete = False
     try:
         with tqdm(total=frames, unit="frame", desc="demo", file=sys.stderr) as bar:
             for chunks in zip(*streams, strict=True):
@@ -189,9 +189,13 @@ def run_demo(
                     picture = side_by_side(panels, scale)
                     writer.write(torch.from_numpy(np.ascontiguousarray(picture)))
                 bar.update(len(panels["real clip"]))
+        complete = True
     finally:
-        with deferred_interrupt():
-            writer.close()
+        with deferred_interrupt():  # whole: a plain MP4; cut short: the fragments so far
+            if complete:
+                writer.finish()
+            else:
+                writer.close()
     # measure every segment of every video, then report
     generated = {name: np.concatenate(chunks) for name, chunks in videos.items()}
     per_video = {
