@@ -13,6 +13,7 @@ from headforcing.cli import main
 
 TOY_PROMPT = "a red circle bounces over a green striped background"
 TINY = ["--preset", "tiny", "--height", "64", "--width", "64", "--frames", "6"]
+HUGE = ["--width", "16000", "--height", "16000", "--scale", "1"]  # H.264 takes it, memory not
 
 
 class RunsCode:
@@ -117,8 +118,8 @@ CASES = {
     "--seconds nan": (["generate", "x", "--preset", "tiny", "--seconds", "nan"], "--seconds nan"),
     "--seconds -1": (["generate", "x", "--preset", "tiny", "--seconds", "-1"], "--seconds -1"),
     "--height 0": (["generate", "x", "--preset", "tiny", "--height", "0"], "--height 0 is not"),
-    "a size that cannot fit": (
-        ["generate", "x", "--preset", "tiny", "--width", "160000", "--height", "160000"],
+    "a size and length that cannot fit": (
+        ["generate", "x", "--preset", "tiny", *HUGE, "--policy", "full", "--frames", "1000"],
         "GiB are free",
     ),
     "--device bogus": (["generate", "x", *TINY, "--device", "bogus"], "--device 'bogus'"),
@@ -219,3 +220,42 @@ def test_overwrite_replaces_a_regular_file(tmp_path):
     out.write_bytes(b"old")
     assert main(["generate", "x", *TINY, "--out", str(out), "--overwrite"]) == 0
     assert read_video(out).shape[0] == 21
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (
+            ["--width", "16400", "--height", "16", "--scale", "1"],
+            "--width 16400 --height 16: the video's frames would be 16400x16 px; the H.264 "
+            "encoder takes at most 16384 px a side: give a smaller --width/--height",
+        ),
+        (
+            ["--width", "4096", "--height", "16", "--scale", "8"],
+            "frames would be 32768x128 (4096x16 at --scale 8) px; the H.264 encoder takes at most "
+            "16384 px a side: give a smaller --width/--height, or a smaller --scale",
+        ),
+        (["--width", "160000"], "frames would be 320000x256 (160000x128 at --scale auto = 2)"),
+        (
+            ["--width", "16384", "--height", "16384", "--scale", "1"],
+            "FFmpeg takes at most about 264 million pixels a frame (16384x16128)",
+        ),
+    ],
+    ids=["16400 wide", "4096 wide at scale 8", "160000 wide, default height", "16384 square"],
+)
+@pytest.mark.parametrize("command", ["generate", "interactive"])
+def test_a_frame_the_encoder_cannot_take_is_refused_before_loading(
+    command, size, message, tmp_path, capsys, monkeypatch
+):
+    import headforcing.cli as cli
+
+    def refuse(args):
+        raise AssertionError("the model was loaded before the frame size was checked")
+
+    monkeypatch.setattr(cli, "build_pipeline", refuse)
+    out = tmp_path / "v.mp4"
+    argv = [command, "a red ball", "--preset", "tiny", *size, "--out", str(out), "--port", "0"]
+    assert main(argv if command == "interactive" else argv[:-2]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert os.listdir(tmp_path) == []

@@ -210,6 +210,8 @@ def check_run_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]
         check_size(height, width)
     except ValueError as error:
         raise ValueError(f"--{error}") from None
+    if hasattr(args, "scale"):  # a command that writes videos: frames the encoder takes
+        check_video_frames(height, width, args.scale)
     check_weights_given(args)
     if getattr(args, "model", None):
         real_files(args)  # names a missing or misplaced file now, not after a minute of loading
@@ -217,6 +219,15 @@ def check_run_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]
         resolve_device(args.text_device, "--text-device")
     device = resolve_device(args.device)
     return device, resolve_dtype(args.dtype, device)
+
+
+def check_video_frames(height: int, width: int, scale: int | str) -> None:
+    """Refuse frames the H.264 encoder cannot take once upscaled by ``--scale``."""
+    from headforcing.io.scale import display_scale
+    from headforcing.io.video import check_frame_size
+
+    factor = display_scale(height, width, scale)
+    check_frame_size(height, width, factor, f"auto = {factor}" if scale == "auto" else str(factor))
 
 
 def length_from_args(args: argparse.Namespace) -> int:
@@ -253,7 +264,12 @@ def check_memory(args: argparse.Namespace, policy, num_frames: int, device, dtyp
     held = span(video.chunk_frames) if span is not None else None
     if held is None:  # full keeps everything; head_forcing's budget is about the trained range
         held = num_frames if policy.name == "full" else video.trained_frames
-    estimate = estimate_memory(preset, height, width, dtype, min(held, num_frames))
+    scale = 1
+    if hasattr(args, "scale"):
+        from headforcing.io.scale import display_scale
+
+        scale = display_scale(height, width, args.scale)
+    estimate = estimate_memory(preset, height, width, dtype, min(held, num_frames), scale)
     check_fits(estimate, device, f"{width}x{height} frames with --policy {policy.name}")
 
 

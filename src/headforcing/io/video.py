@@ -40,6 +40,37 @@ from headforcing.io.scale import upscale
 METADATA_TAG = "comment"  # an MP4 tag FFmpeg writes into moov/udta and every player lists
 METADATA_KEY = "headforcing"  # marks our JSON among other tools' comments
 
+# The largest frame the H.264 encoder takes, measured with PyAV 18.1 (FFmpeg 8, libx264):
+# libx264 refuses a side over 16384 px ("invalid width x height (16400x16)" in avcodec_open2),
+# and FFmpeg allocates no picture with 8 * (width + 128) * (height + 128) >= 2**31 - 1
+# (av_image_check_size: 16384 x 16128 encodes, 16384 x 16130 does not).
+MAX_FRAME_SIDE = 16384
+IMAGE_BYTES_LIMIT = 2**31 - 1
+
+
+def check_frame_size(height: int, width: int, scale: int = 1, scale_text: str = "") -> None:
+    """Refuse frames the H.264 encoder cannot take, before anything runs: ``height`` x
+    ``width`` model frames written at ``scale`` x ``scale`` pixels per pixel (``scale_text``:
+    how it was asked, e.g. ``auto = 8``)."""
+    shown_height, shown_width = height * scale, width * scale
+    given = f"--width {width} --height {height}: " if scale_text else ""
+    written = f"{shown_width}x{shown_height}"
+    if scale != 1:
+        written += f" ({width}x{height} at --scale {scale_text or scale})"
+    fix = "give a smaller --width/--height" + (", or a smaller --scale" if scale != 1 else "")
+    if shown_height % 2 or shown_width % 2:
+        raise ValueError(f"{given}H.264 needs an even frame size, got {written}; {fix}")
+    if max(shown_height, shown_width) > MAX_FRAME_SIDE:
+        raise ValueError(
+            f"{given}the video's frames would be {written} px; the H.264 encoder takes at "
+            f"most {MAX_FRAME_SIDE} px a side: {fix}"
+        )
+    if 8 * (shown_width + 128) * (shown_height + 128) >= IMAGE_BYTES_LIMIT:
+        raise ValueError(
+            f"{given}the video's frames would be {written} px; FFmpeg takes at most about "
+            f"{16384 * 16128 / 1e6:.0f} million pixels a frame (16384x16128): {fix}"
+        )
+
 
 class VideoWriter:
     """Append uint8 frames ``[F, H, W, 3]`` to an H.264 MP4, one chunk per :meth:`write`;
@@ -98,6 +129,7 @@ class VideoWriter:
     def _open(self, height: int, width: int) -> None:
         import av
 
+        check_frame_size(height, width)
         self._written = beside(self.path)
         movflags = "frag_keyframe+empty_moov+default_base_moof"
         if self.live:
