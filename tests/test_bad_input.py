@@ -3,6 +3,7 @@ argument or file, exit status 2, no traceback, and nothing written."""
 
 import os
 import pickle
+import re
 import socket
 import sys
 
@@ -68,6 +69,15 @@ CASES = {
     "truncated LoRA": (
         ["generate", "x", "--model", "longlive", "--checkpoint", "{d}/base.pt", *LORA, *WAN],
         "half.pt is empty, truncated",
+    ),
+    "--model longlive without --lora names the flags": (
+        ["generate", "x", "--model", "longlive", "--checkpoint", "{d}/base.pt", *WAN],
+        "--model longlive merges a LoRA into the base --checkpoint: pass --lora FILE (its "
+        "lora.pt) and --lora-alpha (LongLive: 256)",
+    ),
+    "--lora without --model longlive": (
+        ["generate", "x", "--model", "self-forcing", "--checkpoint", "{d}/base.pt", *LORA, *WAN],
+        "--lora and --lora-alpha go with --model longlive, not --model self-forcing",
     ),
     "code-running pickle names the global": (
         ["generate", "x", "--model", "self-forcing", "--checkpoint", "{d}/evil.pt", *WAN],
@@ -193,6 +203,7 @@ def test_bad_input_gets_one_line_naming_the_fix(case, tmp_path, capsys, monkeypa
     lines = [line for line in err.splitlines() if line != "loading the model"]
     assert len(lines) == 1 and err.endswith("\n"), err
     assert "error:" in err and message in err and "Traceback" not in err
+    assert not re.search(r"\b(lora|lora_alpha|kind)=", err)  # flags, never Python arguments
     assert sorted(os.walk(tmp_path)) == before  # nothing written, created or replaced
     assert (tmp_path / "target.mp4").read_bytes() == b"the link's target"
     assert (tmp_path / "exists.mp4").read_bytes() == b"keep me"
