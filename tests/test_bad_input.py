@@ -3,6 +3,7 @@ argument or file, exit status 2, no traceback, and nothing written."""
 
 import os
 import pickle
+import re
 import socket
 import sys
 
@@ -13,6 +14,7 @@ from headforcing.cli import main
 
 TOY_PROMPT = "a red circle bounces over a green striped background"
 TINY = ["--preset", "tiny", "--height", "64", "--width", "64", "--frames", "6"]
+HUGE = ["--width", "16000", "--height", "16000", "--scale", "1"]  # H.264 takes it, memory not
 
 
 class RunsCode:
@@ -45,6 +47,7 @@ def make_files(root):
     (root / "latin1.txt").write_bytes("un caf\xe9 au lait".encode("latin-1"))
     (root / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
     (root / "exists.mp4").write_bytes(b"keep me")
+    (root / "exists.json").write_bytes(b"keep me")
     (root / "target.mp4").write_bytes(b"the link's target")
     (root / "link.mp4").symlink_to(root / "target.mp4")
     (root / "a_file").write_bytes(b"")
@@ -66,6 +69,15 @@ CASES = {
     "truncated LoRA": (
         ["generate", "x", "--model", "longlive", "--checkpoint", "{d}/base.pt", *LORA, *WAN],
         "half.pt is empty, truncated",
+    ),
+    "--model longlive without --lora names the flags": (
+        ["generate", "x", "--model", "longlive", "--checkpoint", "{d}/base.pt", *WAN],
+        "--model longlive merges a LoRA into the base --checkpoint: pass --lora FILE (its "
+        "lora.pt) and --lora-alpha (LongLive: 256)",
+    ),
+    "--lora without --model longlive": (
+        ["generate", "x", "--model", "self-forcing", "--checkpoint", "{d}/base.pt", *LORA, *WAN],
+        "--lora and --lora-alpha go with --model longlive, not --model self-forcing",
     ),
     "code-running pickle names the global": (
         ["generate", "x", "--model", "self-forcing", "--checkpoint", "{d}/evil.pt", *WAN],
@@ -116,8 +128,8 @@ CASES = {
     "--seconds nan": (["generate", "x", "--preset", "tiny", "--seconds", "nan"], "--seconds nan"),
     "--seconds -1": (["generate", "x", "--preset", "tiny", "--seconds", "-1"], "--seconds -1"),
     "--height 0": (["generate", "x", "--preset", "tiny", "--height", "0"], "--height 0 is not"),
-    "a size that cannot fit": (
-        ["generate", "x", "--preset", "tiny", "--width", "160000", "--height", "160000"],
+    "a size and length that cannot fit": (
+        ["generate", "x", "--preset", "tiny", *HUGE, "--policy", "full", "--frames", "1000"],
         "GiB are free",
     ),
     "--device bogus": (["generate", "x", *TINY, "--device", "bogus"], "--device 'bogus'"),
@@ -128,7 +140,10 @@ CASES = {
     "huge --seed": (["generate", "x", *TINY, "--seed", str(2**64)], "0..2**63-1"),
     "negative --seed": (["generate", "x", *TINY, "--seed", "-1"], "0..2**63-1"),
     "--frames not a number": (["generate", "x", "--frames", "many"], "invalid int value"),
-    "PROMPT not UTF-8": (["generate", "caf\udce9", *TINY], "PROMPT is not valid UTF-8"),
+    "PROMPT not UTF-8": (
+        ["generate", "caf\udce9", *TINY],
+        "PROMPT: the prompt is not valid UTF-8 text (a lone surrogate, U+DCE9, at character 4",
+    ),
     # the output
     "--out not .mp4": (
         ["generate", "x", *TINY, "--out", "{d}/x.txt"],
@@ -136,8 +151,8 @@ CASES = {
     ),
     "--out exists": (["generate", "x", *TINY, "--out", "{d}/exists.mp4"], "--overwrite"),
     "profile --out exists": (
-        ["profile", "x", "--preset", "tiny", "--out", "{d}/exists.mp4"],
-        "already exists (or is a link); pass --overwrite",
+        ["profile", "x", "--preset", "tiny", "--out", "{d}/exists.json"],
+        "--out {d}/exists.json already exists; pass --overwrite to replace it",
     ),
     "--out is a link": (
         ["generate", "x", *TINY, "--overwrite", "--out", "{d}/link.mp4"],
@@ -188,6 +203,7 @@ def test_bad_input_gets_one_line_naming_the_fix(case, tmp_path, capsys, monkeypa
     lines = [line for line in err.splitlines() if line != "loading the model"]
     assert len(lines) == 1 and err.endswith("\n"), err
     assert "error:" in err and message in err and "Traceback" not in err
+    assert not re.search(r"\b(lora|lora_alpha|kind)=", err)  # flags, never Python arguments
     assert sorted(os.walk(tmp_path)) == before  # nothing written, created or replaced
     assert (tmp_path / "target.mp4").read_bytes() == b"the link's target"
     assert (tmp_path / "exists.mp4").read_bytes() == b"keep me"
@@ -215,3 +231,42 @@ def test_overwrite_replaces_a_regular_file(tmp_path):
     out.write_bytes(b"old")
     assert main(["generate", "x", *TINY, "--out", str(out), "--overwrite"]) == 0
     assert read_video(out).shape[0] == 21
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (
+            ["--width", "16400", "--height", "16", "--scale", "1"],
+            "--width 16400 --height 16: the video's frames would be 16400x16 px; the H.264 "
+            "encoder takes at most 16384 px a side: give a smaller --width/--height",
+        ),
+        (
+            ["--width", "4096", "--height", "16", "--scale", "8"],
+            "frames would be 32768x128 (4096x16 at --scale 8) px; the H.264 encoder takes at most "
+            "16384 px a side: give a smaller --width/--height, or a smaller --scale",
+        ),
+        (["--width", "160000"], "frames would be 320000x256 (160000x128 at --scale auto = 2)"),
+        (
+            ["--width", "16384", "--height", "16384", "--scale", "1"],
+            "FFmpeg takes at most about 264 million pixels a frame (16384x16128)",
+        ),
+    ],
+    ids=["16400 wide", "4096 wide at scale 8", "160000 wide, default height", "16384 square"],
+)
+@pytest.mark.parametrize("command", ["generate", "interactive"])
+def test_a_frame_the_encoder_cannot_take_is_refused_before_loading(
+    command, size, message, tmp_path, capsys, monkeypatch
+):
+    import headforcing.cli as cli
+
+    def refuse(args):
+        raise AssertionError("the model was loaded before the frame size was checked")
+
+    monkeypatch.setattr(cli, "build_pipeline", refuse)
+    out = tmp_path / "v.mp4"
+    argv = [command, "a red ball", "--preset", "tiny", *size, "--out", str(out), "--port", "0"]
+    assert main(argv if command == "interactive" else argv[:-2]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert os.listdir(tmp_path) == []

@@ -198,13 +198,13 @@ def bench_decode(pipeline: Pipeline, timed_chunks: int = 2) -> float:
     return 1000 * (time.perf_counter() - began) / timed_chunks
 
 
-def write_json(rows: list[BenchRow], path: str | Path, **header) -> Path:
+def write_json(rows: list[BenchRow], path: str | Path, overwrite: bool = True, **header) -> Path:
     """The rows as JSON: ``{"header": {...}, "rows": [{policy, seconds, latent_frames,
-    ms_per_chunk, kv_bytes, syncs_per_chunk, ...}]}``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"header": header, "rows": [asdict(row) for row in rows]}, indent=1))
-    return path
+    ms_per_chunk, kv_bytes, syncs_per_chunk, ...}]}``, written beside and renamed."""
+    from headforcing.io.files import write_text
+
+    data = {"header": header, "rows": [asdict(row) for row in rows]}
+    return write_text(path, json.dumps(data, indent=1), overwrite)
 
 
 def format_table(rows: list[BenchRow], title: str, decode_ms: float, pixel_frames: int) -> str:

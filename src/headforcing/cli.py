@@ -211,6 +211,8 @@ def check_run_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]
         check_size(height, width)
     except ValueError as error:
         raise ValueError(f"--{error}") from None
+    if hasattr(args, "scale"):  # a command that writes videos: frames the encoder takes
+        check_video_frames(height, width, args.scale)
     check_weights_given(args)
     if getattr(args, "model", None):
         real_files(args)  # names a missing or misplaced file now, not after a minute of loading
@@ -218,6 +220,15 @@ def check_run_args(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]
         resolve_device(args.text_device, "--text-device")
     device = resolve_device(args.device)
     return device, resolve_dtype(args.dtype, device)
+
+
+def check_video_frames(height: int, width: int, scale: int | str) -> None:
+    """Refuse frames the H.264 encoder cannot take once upscaled by ``--scale``."""
+    from headforcing.io.scale import display_scale
+    from headforcing.io.video import check_frame_size
+
+    factor = display_scale(height, width, scale)
+    check_frame_size(height, width, factor, f"auto = {factor}" if scale == "auto" else str(factor))
 
 
 def length_from_args(args: argparse.Namespace) -> int:
@@ -254,17 +265,13 @@ def check_memory(args: argparse.Namespace, policy, num_frames: int, device, dtyp
     held = span(video.chunk_frames) if span is not None else None
     if held is None:  # full keeps everything; head_forcing's budget is about the trained range
         held = num_frames if policy.name == "full" else video.trained_frames
-    estimate = estimate_memory(preset, height, width, dtype, min(held, num_frames))
+    scale = 1
+    if hasattr(args, "scale"):
+        from headforcing.io.scale import display_scale
+
+        scale = display_scale(height, width, args.scale)
+    estimate = estimate_memory(preset, height, width, dtype, min(held, num_frames), scale)
     check_fits(estimate, device, f"{width}x{height} frames with --policy {policy.name}")
-
-
-def check_prompt_text(text: str, where: str) -> str:
-    """Refuse text that is not valid Unicode (undecodable bytes in argv become surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where} is not valid UTF-8 text; give the prompt in UTF-8") from None
-    return text
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -441,6 +448,19 @@ def toy_pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     return pipeline
 
 
+def check_loaded_prompts(pipeline, prompts, where: str | None = "PROMPT") -> None:
+    """Once the model is loaded, before any chunk: every prompt fits its text encoder (none
+    longer than it reads), and the toy model is given toy-world prompts only. ``where``: the
+    source of a single prompt (a schedule names its own file and lines)."""
+    from headforcing.io.text import check_prompt
+
+    if isinstance(prompts, str):
+        check_prompt(prompts, where, pipeline.text_encoder)
+    else:
+        prompts.check_prompts(pipeline.text_encoder)
+    check_toy_prompts(pipeline, prompts)
+
+
 def check_toy_prompts(pipeline, prompts) -> None:
     """The toy model only knows toy-world prompts: refuse others before generating."""
     if pipeline.preset.name != "toy" or not pipeline.weights_id.startswith("toy-"):
@@ -486,6 +506,7 @@ def add_switch_argument(group) -> None:
 
 def prompts_from_args(args: argparse.Namespace):
     """PROMPT, or the schedule of --prompts FILE, checked before any model loads."""
+    from headforcing.io.text import check_prompt
     from headforcing.schedule import FrameClock, load_schedule
 
     if (args.prompt is None) == (args.prompts is None):
@@ -494,7 +515,7 @@ def prompts_from_args(args: argparse.Namespace):
     if args.prompts is None:
         if args.switch_frames:
             raise ValueError("--switch-frames goes with --prompts FILE (LongLive's format)")
-        return check_prompt_text(args.prompt, "PROMPT")
+        return check_prompt(args.prompt, "PROMPT")
     switch_frames = None
     if args.switch_frames:
         try:
@@ -511,11 +532,27 @@ def prompts_from_args(args: argparse.Namespace):
     return schedule
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from headforcing.io.video import check_output_path
+def check_video_out(args: argparse.Namespace) -> Path:
+    """``--out`` of a command that writes a video, by the one rule of every output
+    (:func:`headforcing.io.files.check_output_path`)."""
+    from headforcing.io.files import check_output_path
 
+    return check_output_path(args.out, option="--out", overwrite=args.overwrite, suffixes=(".mp4",))
+
+
+def check_report_outs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``--out`` (JSON) and ``--png`` (default: beside ``--out``) of ``profile`` and ``recall``."""
+    from headforcing.io.files import check_output_path
+
+    out = check_output_path(args.out, option="--out", overwrite=args.overwrite, suffixes=(".json",))
+    png = args.png if args.png is not None else out.with_suffix(".png")
+    png = check_output_path(png, option="--png", overwrite=args.overwrite, suffixes=(".png",))
+    return out, png
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
     # prepare input: all of it checked before the model loads
-    out = check_output_path(args.out, overwrite=args.overwrite)
+    out = check_video_out(args)
     device, dtype = check_run_args(args)
     num_frames = length_from_args(args)
     prompts = prompts_from_args(args)
@@ -526,7 +563,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return generate_by_heads(args, out, device, num_frames, prompts, policy, head_map)
     print("loading the model", file=sys.stderr, flush=True)
     pipeline = build_pipeline(args)
-    check_toy_prompts(pipeline, prompts)
+    check_loaded_prompts(pipeline, prompts)
     policy, head_map_source = attach_head_map(policy, head_map, pipeline)
     describe_run(args, pipeline, policy, head_map_source, num_frames, prompts)
     return write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, storer(pipeline))
@@ -609,7 +646,7 @@ def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy,
         if world.is_main:
             print(f"loading the model on {world.size} ranks", file=sys.stderr, flush=True)
         pipeline = build_pipeline(args)
-        check_toy_prompts(pipeline, prompts)
+        check_loaded_prompts(pipeline, prompts)
         policy, source = attach_head_map(policy, head_map, pipeline)
         if getattr(policy, "head_map", "-") is None:  # a head-map policy without one
             # every rank profiles the same map (same prompt, seed, weights): nothing to send
@@ -707,7 +744,7 @@ def check_out_dir(path: Path) -> Path:
 def cmd_batch(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from headforcing.batch import expand_jobs, read_items, run_batch
+    from headforcing.batch import check_outputs, expand_jobs, read_items, run_batch
     from headforcing.distributed import join_world
     from headforcing.schedule import FrameClock
 
@@ -735,6 +772,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         head_map = head_map_from_args(args, policies["head_forcing"])
     jobs = expand_jobs(items, args.policies, args.seed, batch_lengths(args, length_from_args(args)))
     out_dir = check_out_dir(args.out_dir)
+    check_outputs(out_dir, jobs, args.overwrite)
 
     # the ranks: only control messages pass between them (gloo); the last rank may finish
     # hours after the first, so the final barrier waits long
@@ -743,7 +781,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
         args.device = str(world.device(device))
         pipeline = build_pipeline(args)
         for item in items:
-            check_toy_prompts(pipeline, item.prompt)
+            check_loaded_prompts(pipeline, item.prompt, f"{args.prompts} line {item.line}")
         for name, policy in policies.items():
             policy, source = attach_head_map(policy, head_map, pipeline)
             if getattr(policy, "head_map", "-") is None:  # a head-map policy without one
@@ -772,7 +810,15 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         report = run_batch(
-            pipeline, jobs, policies.__getitem__, out_dir, world, settings, args.switch, args.scale
+            pipeline,
+            jobs,
+            policies.__getitem__,
+            out_dir,
+            world,
+            settings,
+            args.switch,
+            args.scale,
+            args.overwrite,
         )
         if world.is_main:
             print(
@@ -800,15 +846,17 @@ def write_stream(
     which signals never interrupt; the stream finishes the chunk in its worker however it
     ends, before the file is closed. A stop signal waits while the file is closed (a second
     one, too), so the file always ends on a whole chunk; the run then exits with 130 or 143.
+    A run that ends as planned leaves a plain MP4, a stopped one the fragmented file of its
+    finished chunks, one stopped before its first chunk no file (:mod:`headforcing.io.video`).
     """
     from headforcing.interrupts import deferred_interrupt, exit_code
     from headforcing.io.video import VideoWriter
 
     progress = ChunkProgress(num_frames)
     began = time.perf_counter()
-    with deferred_interrupt():
-        writer = VideoWriter(out, fps=fps, overwrite=overwrite, scale=scale, metadata=metadata)
+    writer = VideoWriter(out, fps=fps, overwrite=overwrite, scale=scale, metadata=metadata)
     stop = None
+    complete = False
     stream = make_stream(lambda chunk: writer.write(chunk.frames[0]))
     try:
         last_prompt = None
@@ -819,6 +867,7 @@ def write_stream(
             last_prompt = chunk.prompt
             written += chunk.frames.shape[1]
             progress.chunk_written(chunk, written)
+        complete = True
     except KeyboardInterrupt as error:
         stop = error
     finally:
@@ -830,18 +879,32 @@ def write_stream(
         progress.close()
         try:
             with deferred_interrupt():
-                writer.close()
+                if complete and stop is None:
+                    writer.finish()  # the whole video, rewritten as a plain MP4
+                else:
+                    writer.close()  # the finished chunks, as a fragmented MP4
         except KeyboardInterrupt as error:
             stop = stop or error
     seconds = time.perf_counter() - began
     frames = writer.frames_written
+    if frames == 0 and stop is not None:  # stopped before the first chunk: no file was made
+        print(
+            f"interrupted ({stop}) before the first chunk: nothing was written to {out}; the "
+            "same command runs again",
+            file=sys.stderr,
+        )
+        return exit_code(stop)
     print(
         f"wrote {out} ({frames} frames, {frames / fps:.1f} s of video) in {seconds:.1f} s: "
         f"{frames / seconds:.1f} frames/s",
         file=sys.stderr,
     )
     if stop is not None:
-        print(f"interrupted ({stop}): kept {frames} finished frames", file=sys.stderr)
+        print(
+            f"interrupted ({stop}): kept {frames} finished frames (a fragmented MP4: it plays, "
+            "and --overwrite replaces it)",
+            file=sys.stderr,
+        )
         return exit_code(stop)
     return 0
 
@@ -890,11 +953,11 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     from headforcing.interrupts import deferred_interrupt, exit_code
     from headforcing.io.provenance import run_metadata
     from headforcing.io.scale import display_scale
-    from headforcing.io.video import check_output_path
+    from headforcing.io.text import check_prompt
 
     # prepare input: the arguments, then the port (bound now: a busy port fails before loading)
-    out = check_output_path(args.out, overwrite=args.overwrite)
-    check_prompt_text(args.prompt, "PROMPT")
+    out = check_video_out(args)
+    check_prompt(args.prompt, "PROMPT")
     device, dtype = check_run_args(args)
     num_frames = length_from_args(args)
     policy = policy_from_args(args)
@@ -903,6 +966,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     server = LiveServer.bind(args.port)
     try:
         pipeline = build_pipeline(args)
+        check_loaded_prompts(pipeline, args.prompt)
         policy, _ = attach_head_map(policy, head_map, pipeline)
         session = LiveSession(
             pipeline,
@@ -915,7 +979,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
             pace=not args.no_pace,
             overwrite=args.overwrite,
             on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
-            check_prompt=lambda prompt: check_toy_prompts(pipeline, prompt),
+            check_prompt=lambda prompt: check_loaded_prompts(pipeline, prompt, where=None),
             scale=display_scale(pipeline.height, pipeline.width, args.scale),
             metadata=run_metadata(pipeline, args.prompt, args.seed, policy, num_frames),
         )
@@ -947,10 +1011,14 @@ def cmd_interactive(args: argparse.Namespace) -> int:
         server.shutdown()
         server.server_close()
     state = session.state()
-    print(
-        f"wrote {out} ({state['frames_written']} frames, {len(state['switches'])} prompt switches)",
-        file=sys.stderr,
-    )
+    if state["frames_written"] == 0:  # stopped or failed before the first chunk: no file
+        print(f"nothing was written to {out}: no chunk was finished", file=sys.stderr)
+    else:
+        print(
+            f"wrote {out} ({state['frames_written']} frames, {len(state['switches'])} prompt "
+            "switches)",
+            file=sys.stderr,
+        )
     if state["error"]:
         print(f"headforcing interactive: error: {state['error']}", file=sys.stderr)
         return 1
@@ -984,6 +1052,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not (math.isfinite(seconds) and 0 < seconds <= 3600):
             raise ValueError(f"--seconds {seconds:g}: give lengths in (0, 3600] seconds")
     check_run_args(args)
+    if args.json is not None:
+        from headforcing.io.files import check_output_path
+
+        check_output_path(args.json, option="--json", overwrite=args.overwrite, suffixes=(".json",))
     if args.head_map is not None and "head_forcing" in args.policies:
         from headforcing.heads.headmap import HeadMap
 
@@ -1042,6 +1114,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         path = write_json(
             rows,
             args.json,
+            args.overwrite,
             title=title,
             compiled=args.compile,
             decode_ms_per_chunk=decode_ms,
@@ -1057,26 +1130,26 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from headforcing.heads.plot import plot_head_map
     from headforcing.heads.profile import ProfileSettings, profile_heads
     from headforcing.heads.store import store_map
+    from headforcing.io.text import check_prompt
 
-    prompts = [check_prompt_text(prompt, "PROMPT") for prompt in args.prompt]
+    sources = [(check_prompt(prompt, "PROMPT"), "PROMPT") for prompt in args.prompt]
     if args.prompts is not None:
         lines = read_text_file(args.prompts, "--prompts").splitlines()
-        prompts += [line.strip() for line in lines if line.strip()]
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                where = f"{args.prompts} line {number}"
+                sources.append((check_prompt(line.strip(), where), where))
+    prompts = [prompt for prompt, _ in sources]
     if not prompts:
         raise ValueError("give prompts: PROMPT arguments or --prompts FILE (one per line)")
-    for path in (args.out, args.png or args.out.with_suffix(".png")):
-        if path.is_symlink() or (path.exists() and not args.overwrite):
-            raise ValueError(
-                f"--out {path} already exists (or is a link); pass --overwrite to replace it, "
-                "or choose another --out"
-            )
+    out, png = check_report_outs(args)
     check_run_args(args)
     settings = ProfileSettings(
         chunks=tuple(args.chunks), query_rows=args.query_rows, frames=args.frames
     )
     pipeline = build_pipeline(args)
-    for prompt in prompts:  # a map profiled on prompts the model cannot read is no map
-        check_toy_prompts(pipeline, prompt)
+    for prompt, where in sources:  # a map profiled on prompts the model cannot read is no map
+        check_loaded_prompts(pipeline, prompt, where)
     bar = tqdm(total=len(prompts), unit="prompt", desc="profiling", file=sys.stderr)
     head_map = profile_heads(
         pipeline,
@@ -1091,8 +1164,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         local_threshold=args.local_threshold,
     )
     bar.close()
-    out = head_map.save(args.out)
-    png = plot_head_map(head_map, args.png or out.with_suffix(".png"))
+    out = head_map.save(out, args.overwrite)
+    png = plot_head_map(head_map, png, args.overwrite)
     stored = store_map(head_map, pipeline.weights_id)
     counts = ", ".join(f"{k} {v}" for k, v in head_map.counts().items())
     print(
@@ -1112,10 +1185,13 @@ def read_text_file(path: Path, option: str) -> str:
 
 def cmd_recall(args: argparse.Namespace) -> int:
     from headforcing.heads.recall import measure_recall
+    from headforcing.io.text import check_prompt
 
+    check_prompt(args.prompt, "PROMPT")
+    out, png = check_report_outs(args)
     check_run_args(args)
     pipeline = build_pipeline(args)
-    check_toy_prompts(pipeline, args.prompt)
+    check_loaded_prompts(pipeline, args.prompt)
     video = pipeline.preset.video
     policies, labels = {}, None
     for name in args.policies:
@@ -1143,14 +1219,15 @@ def cmd_recall(args: argparse.Namespace) -> int:
         labels=labels,
     )
     print(report.table(video.chunk_frames))
-    out = report.save(args.out)
-    png = report.plot(args.png or Path(args.out).with_suffix(".png"))
+    out = report.save(out, args.overwrite)
+    png = report.plot(png, args.overwrite)
     print(f"recall per head: {out}, picture {png}", file=sys.stderr)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from headforcing.interrupts import exit_code
+    from headforcing.io.text import check_prompt
     from headforcing.toyworld.demo import DEMO_FILES, check_demo_folder, run_demo
 
     if not 42 <= args.frames <= MAX_LATENT_FRAMES:
@@ -1158,8 +1235,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not 0 <= args.seed <= MAX_SEED:
         raise ValueError(f"--seed {args.seed} is out of range; give an integer in 0..2**63-1")
     if args.prompt is not None:
-        check_prompt_text(args.prompt, "--prompt")
-    check_demo_folder(args.out_dir)
+        check_prompt(args.prompt, "--prompt")
+    check_demo_folder(args.out_dir, args.overwrite)
+    video = args.out_dir / DEMO_FILES["video"]
+    before = video.stat().st_ino if video.exists() else None  # --overwrite: the old one
     try:
         report = run_demo(
             args.out_dir,
@@ -1168,10 +1247,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             prompt=args.prompt,
             seed=args.seed,
             scale=args.scale,
+            overwrite=args.overwrite,
         )
     except KeyboardInterrupt as stop:
-        video = args.out_dir / DEMO_FILES["video"]
-        print(f"interrupted ({stop}): {video} holds the chunks made so far", file=sys.stderr)
+        if video.exists() and video.stat().st_ino != before:
+            print(f"interrupted ({stop}): {video} holds the chunks made so far", file=sys.stderr)
+        else:
+            print(f"interrupted ({stop}) before the first chunk: no video written", file=sys.stderr)
         return exit_code(stop)
     print(
         f"side-by-side video: {report.video}\nreport: {report.report}\n"
@@ -1187,11 +1269,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from headforcing.eval.plot import plot_over_time
     from headforcing.eval.report import evaluate, format_table, write_json
     from headforcing.eval.segments import sources
+    from headforcing.io.files import check_output_path
 
-    # prepare input: the outputs' names and every file, before anything is measured
+    # prepare input: the outputs (the one rule of every output) and every file, before
+    # anything is measured
     for option, path, suffix in (("--json", args.json, ".json"), ("--plot", args.plot, ".png")):
-        if path is not None and path.suffix.lower() != suffix:
-            raise ValueError(f"{option} {path}: give a file name ending in {suffix}")
+        if path is not None:
+            check_output_path(path, option=option, overwrite=args.overwrite, suffixes=(suffix,))
     for path in args.video:
         if not path.is_file():
             raise ValueError(f"VIDEO {path}: no such file")
@@ -1204,9 +1288,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"VIDEO {path}: not a video PyAV can read ({error})") from None
     print(format_table(results))
     if args.json is not None:
-        print(f"measures per segment: {write_json(results, args.json)}", file=sys.stderr)
+        path = write_json(results, args.json, args.overwrite)
+        print(f"measures per segment: {path}", file=sys.stderr)
     if args.plot is not None:
-        print(f"measures over time: {plot_over_time(results, args.plot)}", file=sys.stderr)
+        path = plot_over_time(results, args.plot, args.overwrite)
+        print(f"measures over time: {path}", file=sys.stderr)
     return 0
 
 
@@ -1258,6 +1344,11 @@ def build_parser() -> argparse.ArgumentParser:
     length.add_argument("--frames", type=int, help="video length in latent frames")
     batch.add_argument(
         "--seed", type=int, default=0, help="item i's seed is SEED + i unless the item gives one"
+    )
+    batch.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="make every video again and replace it (default: skip the finished ones)",
     )
     add_switch_argument(batch.add_argument_group("prompt switch"))
     add_scale_argument(batch)
@@ -1316,6 +1407,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkered background)",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the sampler's noise")
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the demo's files in --out-dir"
+    )
     add_scale_argument(demo)
     add_threads_argument(demo)
     demo.set_defaults(run=cmd_demo)
@@ -1325,7 +1419,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--prompts", type=Path, help="a file of prompts, one per line")
     profile.add_argument("--out", type=Path, default=Path("head_map.json"), help="head map JSON")
     profile.add_argument("--png", type=Path, help="the picture (default: next to --out)")
-    profile.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    profile.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out and --png"
+    )
     profile.add_argument("--frames", type=int, default=21, help=f"{FRAMES_HELP} per rollout")
     profile.add_argument(
         "--chunks", type=int, nargs="+", default=[3, 4, 5, 6], help="chunks whose attention is read"
@@ -1361,6 +1457,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", type=Path, help="also write every segment to this JSON file")
     evaluate.add_argument("--plot", type=Path, help="also plot each measure over time (PNG)")
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json or --plot"
+    )
     evaluate.set_defaults(run=cmd_eval)
 
     bench = commands.add_parser("bench", help="ms per DiT pass, frames/s and K/V bytes by length")
@@ -1382,6 +1481,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--head-map", type=Path, help="head_forcing: map (default: profiled)")
     bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    bench.add_argument("--overwrite", action="store_true", help="replace an existing --json")
     bench.add_argument(
         "--random-vae",
         action="store_true",
@@ -1414,6 +1514,9 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_argument("--seed", type=int, default=0)
     recall.add_argument("--out", type=Path, default=Path("recall.json"))
     recall.add_argument("--png", type=Path, help="the picture (default: next to --out)")
+    recall.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out and --png"
+    )
     add_model_arguments(recall)
     add_real_model_arguments(recall)
     recall.set_defaults(run=cmd_recall)

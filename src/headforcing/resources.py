@@ -19,6 +19,8 @@ from headforcing.model.config import Preset
 
 # bytes per pixel of a decoded chunk, from float32 frames to the encoder's input (measured)
 DECODE_BYTES_PER_PIXEL = 48
+# bytes per written pixel of a chunk upscaled for display (--scale): two uint8 RGB copies
+UPSCALED_BYTES_PER_PIXEL = 6
 # share of the free memory a run may plan to use
 USABLE_SHARE = 0.9
 
@@ -36,10 +38,10 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    preset: Preset, height: int, width: int, dtype: torch.dtype, held_frames: int
+    preset: Preset, height: int, width: int, dtype: torch.dtype, held_frames: int, scale: int = 1
 ) -> MemoryEstimate:
     """Bytes a run of ``preset`` at ``height x width`` needs with ``held_frames`` latent frames of
-    K/V kept per layer."""
+    K/V kept per layer, its frames written at ``scale`` x ``scale`` pixels per pixel."""
     config, video = preset.model, preset.video
     element = torch.finfo(dtype).bits // 8
     _, patch_h, patch_w = config.patch_size
@@ -53,7 +55,10 @@ def estimate_memory(
     kv = 3 * config.num_layers * kv_tokens * config.dim * element
     activations = 4 * chunk_tokens * (config.ffn_dim + 4 * config.dim)  # float32 at the peak
     pixels = video.chunk_frames * video.vae_stride[0] * height * width
-    return MemoryEstimate(weights, kv, activations, DECODE_BYTES_PER_PIXEL * pixels)
+    decode = DECODE_BYTES_PER_PIXEL * pixels
+    if scale > 1:
+        decode += UPSCALED_BYTES_PER_PIXEL * pixels * scale**2
+    return MemoryEstimate(weights, kv, activations, decode)
 
 
 def free_memory(device: torch.device) -> int | None:

@@ -25,7 +25,9 @@ pass of a chunk must see one context). A start that is not on a chunk boundary i
 to the next boundary, never down (a prompt never shows before the time it was asked for), and the
 schedule records a note saying so; the CLI prints it. The first prompt must start at 0, starts
 must increase strictly (also after rounding: two prompts on one chunk would hide the first), and
-every start must lie inside the video. Every error names the file and the line.
+every start must lie inside the video. Every prompt passes
+:func:`~headforcing.io.text.check_prompt` (valid Unicode, no control characters, not empty, not
+too long). Every error names the file and the line.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 from headforcing.io.files import read_text
+from headforcing.io.text import TextEncoder, check_prompt
 
 OURS_KEYS = {"prompt", "seconds", "frame"}
 LONGLIVE_KEYS = {"prompts", "switch_frame_indices"}
@@ -79,9 +82,8 @@ class PromptSchedule:
     def __post_init__(self) -> None:
         if not self.segments:
             raise ValueError(f"{self.source}: the schedule has no prompt")
-        for segment in self.segments:
-            if not segment.prompt.strip():
-                raise ValueError(f"{self._where(segment)}: the prompt is empty")
+        for segment in self.segments:  # text an encoder cannot take, named by file and line
+            check_prompt(segment.prompt, self._where(segment))
         first = self.segments[0]
         if first.start != 0:
             raise ValueError(
@@ -112,6 +114,12 @@ class PromptSchedule:
                 break
             current = segment.prompt
         return current
+
+    def check_prompts(self, encoder: TextEncoder) -> None:
+        """Refuse a prompt ``encoder`` cannot read whole (more tokens than it takes), naming
+        the file and the line."""
+        for segment in self.segments:
+            check_prompt(segment.prompt, self._where(segment), encoder)
 
     def switch_frames(self) -> list[int]:
         """Latent frames where the prompt changes."""

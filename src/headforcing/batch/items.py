@@ -12,7 +12,8 @@ Keys: ``prompt`` (one prompt) or ``prompts`` (a schedule: LongLive's list of str
 ``switch_frame_indices``, or our list of ``{"seconds" | "frame", "prompt"}``, see
 :mod:`headforcing.schedule`); ``seed``; ``policy`` (a name or a list: the item runs under these
 instead of ``--policies``); ``seconds`` or ``frames`` (latent). Blank lines and lines starting
-with ``#`` are skipped. Every error names the file and the line.
+with ``#`` are skipped. Every prompt passes :func:`~headforcing.io.text.check_prompt`. Every error
+names the file and the line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headforcing.io.files import read_text
+from headforcing.io.text import check_prompt
 from headforcing.schedule import FrameClock, PromptSchedule, schedule_from_entries
 
 ITEM_KEYS = {"prompt", "prompts", "switch_frame_indices", "seed", "policy", "seconds", "frames"}
@@ -70,7 +72,7 @@ def read_items(path: Path, clock: FrameClock) -> list[BatchItem]:
         if line.startswith("{"):
             items.append(_json_item(path, number, index, line, clock))
         else:
-            items.append(BatchItem(index, number, line))
+            items.append(BatchItem(index, number, check_prompt(line, f"{path} line {number}")))
     if not items:
         raise ValueError(f"PROMPTS {path} holds no prompt (every line is blank or a comment)")
     return items
@@ -97,8 +99,9 @@ def _json_item(path: Path, number: int, index: int, line: str, clock: FrameClock
         raise ValueError(f'{where}: give exactly one of "prompt" or "prompts" (a schedule)')
     if "prompt" in entry:
         prompt = entry["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f'{where}: "prompt" must be a non-empty string')
+        if not isinstance(prompt, str):
+            raise ValueError(f'{where}: "prompt" must be a string, got {type(prompt).__name__}')
+        check_prompt(prompt, where)
         if "switch_frame_indices" in entry:
             raise ValueError(f'{where}: "switch_frame_indices" goes with "prompts"')
     else:

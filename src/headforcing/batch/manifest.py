@@ -4,7 +4,8 @@ Every rank appends to its own file, ``manifest.rank{r}.jsonl`` (each row written
 flushed and fsynced, after the video was renamed into place), so ranks never share a file; at
 the end rank 0 merges every row into ``manifest.jsonl`` (written aside, then renamed) and
 removes the rank files. A video counts as done when its file exists and some manifest row names
-it: a crash between the rename and the row costs that one video again, never a wrong row.
+it: a crash between the rename and the row leaves a video without a row, never a wrong row; a
+rerun refuses that file like any existing output (remove it, or ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+from headforcing.io.files import written_beside
 
 MANIFEST = "manifest.jsonl"
 PARTIAL = ".partial"  # videos being written; a crash leaves them here, outside every policy folder
@@ -47,9 +50,11 @@ def finished(out_dir: Path, files: list[str]) -> set[str]:
 
 
 def append_row(path: Path, row: dict) -> None:
-    """Append one row, whole, and make it durable before the next video starts."""
+    """Append one row, whole, and make it durable before the next video starts (never
+    through a symbolic link)."""
     line = json.dumps(row, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+    with os.fdopen(os.open(path, flags, 0o644), "a", encoding="utf-8") as handle:
         handle.write(line)
         handle.flush()
         os.fsync(handle.fileno())
@@ -62,13 +67,14 @@ def merge(out_dir: Path, order: list[str]) -> Path:
     place = {file: index for index, file in enumerate(order)}
     files = sorted(rows, key=lambda file: (place.get(file, len(place)), file))
     target = out_dir / MANIFEST
-    aside = out_dir / f".{MANIFEST}.tmp"
-    with open(aside, "w", encoding="utf-8") as handle:
+    with (
+        written_beside(target, overwrite=True) as aside,
+        open(aside, "w", encoding="utf-8") as handle,
+    ):
         for file in files:
             handle.write(json.dumps(rows[file], ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(aside, target)
     for path in manifest_files(out_dir):
         if path != target:
             path.unlink(missing_ok=True)

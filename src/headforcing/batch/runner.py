@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headforcing.batch.layout import Job
-from headforcing.batch.manifest import PARTIAL, append_row, finished, merge, rank_manifest
+from headforcing.batch.manifest import (
+    MANIFEST,
+    PARTIAL,
+    append_row,
+    finished,
+    manifest_files,
+    merge,
+    rank_manifest,
+)
 from headforcing.distributed.balance import greedy_split
 from headforcing.distributed.world import World
 
@@ -34,6 +42,21 @@ class BatchReport:
     manifest: Path | None
 
 
+def check_outputs(out_dir: Path, jobs: list[Job], overwrite: bool = False) -> None:
+    """Refuse, before any model loads, a batch that would write through a symbolic link or
+    replace a file it did not finish (:func:`~headforcing.io.files.check_output_path`): the
+    manifest files, and every video a manifest row does not name as done (those are skipped;
+    with ``overwrite`` every video is made again and replaced)."""
+    from headforcing.io.files import check_output_path
+
+    for path in [out_dir / MANIFEST, *manifest_files(out_dir)]:
+        check_output_path(path, option="--out-dir", overwrite=True)
+    done = set() if overwrite else finished(out_dir, [job.file for job in jobs])
+    for job in jobs:
+        if job.file not in done:
+            check_output_path(out_dir / job.file, option="--out-dir", overwrite=overwrite)
+
+
 def run_batch(
     pipeline,
     jobs: list[Job],
@@ -43,15 +66,16 @@ def run_batch(
     settings: dict,
     switch: str | None = None,
     scale: int | str = "auto",
+    overwrite: bool = False,
 ) -> BatchReport:
     """Make every pending job of ``jobs`` on the ranks of ``world``; rank 0 shows progress and
     merges the manifest at the end. ``policy_of(name)``: the policy of a job (head map
     attached); ``settings``: recorded in every row; ``scale``: of the written frames (as
-    ``generate --scale``)."""
+    ``generate --scale``); ``overwrite``: make finished videos again too."""
     files = [job.file for job in jobs]
     pending = None
     if world.is_main:  # one rank reads the disk: every rank splits the same list
-        done = finished(out_dir, files)
+        done = set() if overwrite else finished(out_dir, files)
         pending = [job.number for job in jobs if job.file not in done]
     pending = world.broadcast(pending)
     skipped = len(jobs) - len(pending)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 from headforcing.eval.measures import MEASURES
 from headforcing.eval.report import VideoEval
+from headforcing.io.files import written_beside
 
 
-def plot_over_time(results: list[VideoEval], path: Path) -> Path:
+def plot_over_time(results: list[VideoEval], path: Path, overwrite: bool = True) -> Path:
     """Each measure (and each toy-world truth metric, where videos have one) at the end frame
     of every segment; the videos overlaid, labelled by file and policy."""
     import matplotlib
@@ -42,7 +43,7 @@ def plot_over_time(results: list[VideoEval], path: Path) -> Path:
     figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8)
     figure.suptitle("headforcing eval: measures per segment")
     figure.tight_layout(rect=(0, 0.08, 1, 0.96))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
+    with written_beside(path, overwrite) as written:  # never through a link, never half
+        figure.savefig(written, dpi=90, format="png")
     plt.close(figure)
     return path

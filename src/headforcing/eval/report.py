@@ -102,12 +102,13 @@ def _row(result: VideoEval, index: int) -> dict[str, float]:
     return row
 
 
-def write_json(results: list[VideoEval], path: Path) -> Path:
-    """Every video's segments, truth and drift as JSON (NaN written as null)."""
+def write_json(results: list[VideoEval], path: Path, overwrite: bool = True) -> Path:
+    """Every video's segments, truth and drift as JSON (NaN written as null), written beside
+    and renamed (:mod:`headforcing.io.files`)."""
+    from headforcing.io.files import write_text
+
     rows = [_finite(result.as_dict()) for result in results]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"videos": rows}, indent=1) + "\n")
-    return path
+    return write_text(path, json.dumps({"videos": rows}, indent=1) + "\n", overwrite)
 
 
 def _finite(value):

@@ -87,11 +87,12 @@ class HeadMap:
             "calibration": self.calibration,
         }
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1))
-        return path
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        """Write the map as JSON, beside and renamed (:mod:`headforcing.io.files`): never
+        through a link; an existing file is replaced only with ``overwrite``."""
+        from headforcing.io.files import write_text
+
+        return write_text(path, json.dumps(self.to_json(), indent=1), overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> HeadMap:

@@ -9,9 +9,12 @@ from headforcing.heads.headmap import HEAD_TYPES, REGIONS, HeadMap
 COLOURS = {"local": "#4c9be8", "anchor": "#e8804c", "memory": "#58b86b"}
 
 
-def plot_head_map(head_map: HeadMap, path: str | Path) -> Path:
-    """Write a PNG: the label grid, then one heat map per attention region."""
+def plot_head_map(head_map: HeadMap, path: str | Path, overwrite: bool = True) -> Path:
+    """Write a PNG: the label grid, then one heat map per attention region (beside, then
+    renamed: :mod:`headforcing.io.files`)."""
     import matplotlib
+
+    from headforcing.io.files import written_beside
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -64,7 +67,7 @@ def plot_head_map(head_map: HeadMap, path: str | Path) -> Path:
     figure.suptitle(f"{head_map.preset}: head map ({rule} rule)")
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with written_beside(path, overwrite) as written:
+        figure.savefig(written, dpi=100, format="png")
     plt.close(figure)
     return path

@@ -135,7 +135,10 @@ class RecallReport:
                 lines.append(f"| {name} | {step} ({frame}) | " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        """The recall per head as JSON, written beside and renamed."""
+        from headforcing.io.files import write_text
+
         path = Path(path)
         data = {
             "reference": self.reference,
@@ -148,11 +151,12 @@ class RecallReport:
                 for name, chunks in self.by_type().items()
             },
         }
-        path.write_text(json.dumps(data, indent=1))
-        return path
+        return write_text(path, json.dumps(data, indent=1), overwrite)
 
-    def plot(self, path: str | Path) -> Path:
+    def plot(self, path: str | Path, overwrite: bool = True) -> Path:
         import matplotlib
+
+        from headforcing.io.files import written_beside
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -173,7 +177,8 @@ class RecallReport:
             axis.set_ylabel("recall of past attention")
         axes[0][-1].legend(fontsize="small")
         figure.tight_layout()
-        figure.savefig(path, dpi=100)
+        with written_beside(path, overwrite) as written:
+            figure.savefig(written, dpi=100, format="png")
         plt.close(figure)
         return Path(path)
 

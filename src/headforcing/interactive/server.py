@@ -13,10 +13,15 @@ request must name the served address as its ``Host`` (127.0.0.1, localhost or [:
 port: this stops DNS rebinding), carry an ``Origin`` of that address if it carries one (a
 browser always does on a POST: this stops other pages' forms and scripts), and carry the run's
 random token (``?token=`` in the URL the command prints, which the page passes on, or the
-``X-Headforcing-Token`` header); a prompt must be JSON, which a cross-site form cannot send.
-Sockets time out after :data:`SOCKET_TIMEOUT` seconds and at most :data:`MAX_HANDLERS`
-requests are handled at once, so half-sent requests cannot hold the server; a malformed request
-gets a 400, never a traceback.
+``X-Headforcing-Token`` header); a prompt must be JSON, which a cross-site form cannot send,
+and text the text encoder can take (:func:`~headforcing.io.text.check_prompt`; a refused one
+gets a 400 and the running prompt stays). Slow or many clients cannot hold the server
+(:mod:`.connections`): a whole request must arrive within :data:`REQUEST_DEADLINE` seconds,
+one client address holds at most :data:`MAX_CONNECTIONS_PER_CLIENT` connections and all
+together :data:`MAX_CONNECTIONS` (a new one closes the oldest idle one first), and every read
+or write times out after :data:`SOCKET_TIMEOUT` seconds; the generator never waits on a client
+(a handler only copies the session's state under its lock). A malformed request gets a 400,
+never a traceback.
 
 The page polls ``/state`` and plays the frames it has not shown yet at the video's fps (it
 jumps ahead when it falls behind). PNG, written here with zlib, keeps the server free of image
@@ -37,12 +42,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
+from headforcing.interactive.connections import ConnectionTable
 from headforcing.interactive.page import PAGE
 from headforcing.interactive.session import LiveSession, RunEnded
 
 MAX_BODY_BYTES = 64 * 1024
-SOCKET_TIMEOUT = 10.0
-MAX_HANDLERS = 32
+SOCKET_TIMEOUT = 10.0  # s, any one read or write
+REQUEST_DEADLINE = 5.0  # s, a whole request: line, headers, body
+MAX_CONNECTIONS_PER_CLIENT = 16
+MAX_CONNECTIONS = 64
+POLL_SECONDS = 0.25  # how often the accept loop looks for late requests
 TOKEN_HEADER = "X-Headforcing-Token"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
@@ -73,7 +82,7 @@ class LiveServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
-    request_queue_size = 64
+    request_queue_size = 256  # a burst of connections waits to be accepted, not refused
 
     def __init__(
         self,
@@ -81,12 +90,14 @@ class LiveServer(ThreadingHTTPServer):
         port: int = 0,
         host: str = "127.0.0.1",
         socket_timeout: float = SOCKET_TIMEOUT,
-        max_handlers: int = MAX_HANDLERS,
+        request_deadline: float = REQUEST_DEADLINE,
+        max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.session = session
         self.token = secrets.token_urlsafe(18)
         self.socket_timeout = socket_timeout
-        self._slots = threading.BoundedSemaphore(max_handlers)
+        self.connections = ConnectionTable(max_per_client, max_connections, request_deadline)
         super().__init__((host, port), LiveHandler)
         port = self.server_address[1]
         self.allowed_hosts = {f"{name}:{port}" for name in LOOPBACK_NAMES}
@@ -109,7 +120,9 @@ class LiveServer(ThreadingHTTPServer):
         """Serve ``session`` (if given here) in a daemon thread."""
         if session is not None:
             self.session = session
-        threading.Thread(target=self.serve_forever, name="headforcing-server", daemon=True).start()
+        threading.Thread(
+            target=self.serve_forever, args=(POLL_SECONDS,), name="headforcing-server", daemon=True
+        ).start()
         return self
 
     @property
@@ -123,25 +136,29 @@ class LiveServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
 
-    # at most max_handlers threads: the accept loop waits for a free slot, so idle connections
-    # cannot pile up threads. It waits twice the socket timeout before dropping a connection:
-    # a handler stuck on a half-sent request frees its slot after one socket timeout, so a
-    # request queued behind a flood of them is answered, not dropped
+    # the accept loop never waits: a connection is counted in (closing the oldest idle ones it
+    # needs room from) and gets its thread, or is closed at once when every one it would
+    # replace is busy answering
     def process_request(self, request, client_address) -> None:
-        if not self._slots.acquire(timeout=2 * self.socket_timeout):
+        if not self.connections.admit(request, client_address[0]):
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self.connections.remove(request)
             raise
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self.connections.remove(request)
+
+    def service_actions(self) -> None:
+        """Between two accepts (every :data:`POLL_SECONDS` at least): close the connections
+        past their request deadline."""
+        self.connections.expire()
 
     def handle_error(self, request, client_address) -> None:
         """A dropped or timed-out connection is routine; anything else gets one line."""
@@ -165,6 +182,10 @@ class LiveHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.socket_timeout  # StreamRequestHandler sets it on the socket
         super().setup()
+
+    def handle_one_request(self) -> None:
+        self.server.connections.waiting(self.request)  # the request's deadline starts now
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._answer(self._get)
@@ -257,6 +278,7 @@ class LiveHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(data).encode(), "application/json")
 
     def _send(self, status, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.server.connections.answering(self.request)  # the whole request is in
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -4,7 +4,8 @@ The worker pulls chunks from :meth:`Pipeline.stream` with a :class:`LivePrompt` 
 source: the chunk loop reads the prompt before every chunk, so a new prompt takes effect at the
 next chunk boundary (the chunk being made when it arrives finishes under the old one), and the
 switch mode (``headforcing.switch``) rebuilds the cache there. Each finished chunk is written to
-a live fragmented MP4 (playable while it grows) and published to the page.
+a live fragmented MP4 (playable while it grows; a plain MP4 once the run reaches its length) and
+published to the page.
 
 Pacing: a small model makes chunks much faster than they play; a prompt typed at second 10
 should then change the video near second 10, not after the whole run was made in advance. With
@@ -25,10 +26,9 @@ import numpy as np
 
 from headforcing.cache import CachePolicy
 from headforcing.heads.headmap import HeadMap
+from headforcing.io.text import check_prompt
 from headforcing.io.video import VideoWriter
 from headforcing.pipeline import Pipeline
-
-MAX_PROMPT_CHARS = 2000
 
 
 class RunEnded(RuntimeError):
@@ -44,11 +44,7 @@ class LivePrompt:
 
     @staticmethod
     def _checked(prompt: str) -> str:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
-        return prompt.strip()
+        return check_prompt(prompt).strip()  # refused here, the running prompt stays
 
     def set(self, prompt: str) -> str:
         """Queue ``prompt`` for the next chunk; returns it as it will be used."""
@@ -263,7 +259,15 @@ class LiveSession:
                 self.error = f"{type(error).__name__}: {error}"
         finally:
             stream.close()
-            writer.close()
+            try:  # the whole video becomes a plain MP4; one cut short stays fragmented
+                complete = self.latent_frames >= self.num_frames and self.error is None
+                if complete:
+                    writer.finish()
+                else:
+                    writer.close()
+            except Exception as error:
+                with self._lock:
+                    self.error = self.error or f"{type(error).__name__}: {error}"
             with self._lock:
                 self.done = True
 

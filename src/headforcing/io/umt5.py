@@ -474,6 +474,10 @@ class UMT5TextEncoder:
             )
         return self._model
 
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens of ``prompt`` as :meth:`encode` reads it, ``</s>`` included."""
+        return len(self._tokenizer(clean_prompt(prompt), add_special_tokens=True)["input_ids"])
+
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """Encode prompts; positions past each prompt's tokens (``</s>`` included) are zero.
 

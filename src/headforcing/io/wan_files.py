@@ -55,6 +55,19 @@ class RealFiles:
                 raise ValueError("--model diffusers reads transformer/ from --diffusers-dir")
         elif self.checkpoint is None:
             raise ValueError(f"--model {self.model} needs --checkpoint FILE (the .pt)")
+        if CHECKPOINT_KINDS[self.model].takes_lora:
+            if self.lora is None or self.lora_alpha is None:
+                raise ValueError(
+                    f"--model {self.model} merges a LoRA into the base --checkpoint: pass --lora "
+                    "FILE (its lora.pt) and --lora-alpha (LongLive: 256); for the base model "
+                    "alone use --model self-forcing"
+                )
+            if not self.lora_alpha > 0:
+                raise ValueError(f"--lora-alpha {self.lora_alpha:g}: give a number > 0, e.g. 256")
+        elif self.lora is not None or self.lora_alpha is not None:
+            raise ValueError(
+                f"--lora and --lora-alpha go with --model longlive, not --model {self.model}"
+            )
         for path in self.required_paths():
             if not path.exists():
                 raise ValueError(f"missing {path}; see docs/real-models.md for the files to get")

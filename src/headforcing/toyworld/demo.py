@@ -26,7 +26,7 @@ LABEL_PIXELS = 16  # the strip above each panel that names it
 GAP_PIXELS = 4  # between two panels
 
 
-# the files the demo writes into its folder; it owns them and replaces them on every run
+# the files the demo writes into its folder (an existing one is replaced only with --overwrite)
 DEMO_FILES = {
     "video": "demo.mp4",
     "report": "report.md",
@@ -35,21 +35,17 @@ DEMO_FILES = {
 }
 
 
-def check_demo_folder(out_dir: Path) -> None:
+def check_demo_folder(out_dir: Path, overwrite: bool = False) -> None:
     """Refuse a folder the demo cannot write its files into, before anything runs: a file in
-    its place, a folder without write permission, or one of its files being a symbolic link."""
-    from headforcing.io.video import check_output_path
+    its place, a folder without write permission, one of its files being a symbolic link, or
+    existing already (unless ``overwrite``): :func:`~headforcing.io.files.check_output_path`."""
+    from headforcing.io.files import check_output_path
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out-dir {out_dir} is a file, not a folder; choose another --out-dir")
     for name in DEMO_FILES.values():
-        if (out_dir / name).is_symlink():
-            raise ValueError(
-                f"--out-dir {out_dir}: {name} is a symbolic link; the demo never writes through "
-                "a link: remove it or choose another --out-dir"
-            )
-    check_output_path(out_dir / DEMO_FILES["video"], overwrite=True, option="--out-dir")
+        check_output_path(out_dir / name, option="--out-dir", overwrite=overwrite)
 
 
 @dataclass(frozen=True)
@@ -131,6 +127,7 @@ def run_demo(
     prompt: str | None = None,
     seed: int = 0,
     scale: int | str = "auto",
+    overwrite: bool = True,
 ) -> DemoReport:
     """Generate ``frames`` frames of ``prompt`` with ``baseline`` and with Head Forcing side by
     side (a progress bar on stderr), beside the real clip, and write the video, the report, the
@@ -140,11 +137,14 @@ def run_demo(
     leaves ``demo.mp4`` with the chunks made so far (``headforcing.io.video``). Each panel
     is upscaled by ``scale`` (``"auto"``: to at least 256 px, ``headforcing.io.scale``); the
     file's metadata holds the prompt, seed and where each panel sits (``headforcing eval``).
+    Each file is written beside its name and renamed (never through a link); an existing one
+    is replaced only with ``overwrite``.
     """
     from tqdm import tqdm
 
     from headforcing.heads.plot import plot_head_map
     from headforcing.interrupts import deferred_interrupt
+    from headforcing.io.files import write_text
     from headforcing.io.provenance import run_metadata
     from headforcing.io.scale import display_scale
     from headforcing.io.video import VideoWriter
@@ -173,10 +173,10 @@ def run_demo(
         "scale": scale,  # of each panel; the writer adds none
         "panels": panel_layout(("real clip", *names), pipeline.height, scale),
     }
-    with deferred_interrupt():
-        writer = VideoWriter(
-            video_path, fps=pipeline.preset.video.fps, overwrite=True, metadata=metadata
-        )
+    writer = VideoWriter(
+        video_path, fps=pipeline.preset.video.fps, overwrite=overwrite, metadata=metadata
+    )
+    complete = False
     try:
         with tqdm(total=frames, unit="frame", desc="demo", file=sys.stderr) as bar:
             for chunks in zip(*streams, strict=True):
@@ -189,9 +189,13 @@ def run_demo(
                     picture = side_by_side(panels, scale)
                     writer.write(torch.from_numpy(np.ascontiguousarray(picture)))
                 bar.update(len(panels["real clip"]))
+        complete = True
     finally:
-        with deferred_interrupt():
-            writer.close()
+        with deferred_interrupt():  # whole: a plain MP4; cut short: the fragments so far
+            if complete:
+                writer.finish()
+            else:
+                writer.close()
     # measure every segment of every video, then report
     generated = {name: np.concatenate(chunks) for name, chunks in videos.items()}
     per_video = {
@@ -199,9 +203,9 @@ def run_demo(
         for name, video in {"real clip": real, **generated}.items()
     }
     bounds = segment_bounds(frames)
-    plot = plot_over_time(per_video, bounds, out_dir / DEMO_FILES["plot"])
-    picture = plot_head_map(head_map, out_dir / DEMO_FILES["head_map"])
+    plot = plot_over_time(per_video, bounds, out_dir / DEMO_FILES["plot"], overwrite)
+    picture = plot_head_map(head_map, out_dir / DEMO_FILES["head_map"], overwrite)
     report = out_dir / DEMO_FILES["report"]
-    report.write_text(report_text(prompt, seed, per_video, bounds, baseline))
+    write_text(report, report_text(prompt, seed, per_video, bounds, baseline), overwrite)
     summary = summary_line(per_video, baseline)
     return DemoReport(video_path, report, plot, picture, summary)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from headforcing.eval.stats import Estimate, bootstrap_mean, paired_difference
+from headforcing.io.files import written_beside
 from headforcing.toyworld.longrun import METRICS
 from headforcing.toyworld.metrics import SEGMENT_FRAMES, SegmentMetrics
 
@@ -185,7 +186,10 @@ def report_text(
 
 
 def plot_over_time(
-    per_video: dict[str, list[SegmentMetrics]], bounds: list[tuple[int, int]], path: Path
+    per_video: dict[str, list[SegmentMetrics]],
+    bounds: list[tuple[int, int]],
+    path: Path,
+    overwrite: bool = True,
 ) -> Path:
     """One panel per metric: each video's value per segment (a point in the segment's middle),
     the training horizon shaded, and each video's mean after it as a dashed line with its
@@ -231,6 +235,7 @@ def plot_over_time(
         fontsize=17,
     )
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with written_beside(path, overwrite) as written:
+        figure.savefig(written, dpi=100, format="png")
     plt.close(figure)
     return path

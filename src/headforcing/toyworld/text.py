@@ -71,6 +71,10 @@ class ToyTextEncoder(nn.Module):
             valid[row, : len(words)] = True
         return ids, valid
 
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens of ``prompt`` as :meth:`tokenize` reads it (after :func:`slot_prompt`)."""
+        return len(_WORD.findall(slot_prompt(prompt).lower()))
+
     def forward(self, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """ids, valid: ``[B, L]`` -> embeddings ``[B, L, text_dim]``, zero where not valid."""
         device = self.positions.device
