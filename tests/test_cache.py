@@ -11,9 +11,10 @@ import torch
 from headforcing.cache import KVCache, make_policy
 from headforcing.model import DenseAttention, block_causal_mask
 from headforcing.sampling import generate_chunks
+from headforcing.testing import AttentionRecorder, check_against_reference
 
 from .conftest import random_model
-from .reference import naive_attention, reference_rope_angles, reference_rotate, relative_error
+from .reference import relative_error
 
 GRID = (4, 4)  # tokens per frame: 4 x 4
 LATENT = (16, 8, 8)
@@ -59,73 +60,6 @@ def test_full_absolute_equals_dense_block_causal(small_config):
     assert len(log) == 4 * passes_per_chunk
 
 
-class AttentionRecorder:
-    """Logs every layer's raw q/k/v, output and the cache's report of what it attends to."""
-
-    def __init__(self, cache: KVCache):
-        self.cache, self.log = cache, []
-        self._attend = cache.attend
-        cache.attend = self.attend
-
-    def attend(self, layer, q, k, v, commit):
-        reports = [
-            (list(g.heads), g.token_ids.clone(), g.layout.context.clone(), g.layout.chunk.clone())
-            for g in self.cache.layers[layer]
-        ]
-        chunk = self.cache.chunk
-        out = self._attend(layer, q, k, v, commit)
-        self.log.append(
-            dict(layer=layer, q=q, k=k, v=v, out=out, commit=commit, chunk=chunk, reports=reports)
-        )
-        return out
-
-
-def check_against_reference(recorder: AttentionRecorder, head_dim: int, tokens_per_frame: int):
-    """Every logged pass vs naive attention over the tokens the cache reports keeping, with the
-    raw K/V last committed for each token (a prompt switch re-commits tokens), rotated
-    independently at the positions the cache reports."""
-    raw_k, raw_v = {}, {}  # layer -> [B, tokens, H, D], indexed by token id
-    width, checked = GRID[1], 0
-    for entry in recorder.log:
-        layer, chunk = entry["layer"], entry["chunk"]
-        for heads, token_ids, context_pos, chunk_pos in entry["reports"]:
-            q = entry["q"][:, :, heads].transpose(1, 2)
-            spatial = torch.arange(chunk.num_tokens) % tokens_per_frame
-            frame_pos = chunk_pos.repeat_interleave(tokens_per_frame)
-            angles = reference_rope_angles(head_dim, frame_pos, spatial // width, spatial % width)
-            keys = [reference_rotate(entry["k"][:, :, heads].transpose(1, 2), angles)]
-            values = [entry["v"][:, :, heads].transpose(1, 2).double()]
-            if token_ids.numel():
-                assert token_ids.max() < chunk.first_frame * tokens_per_frame  # causal
-                assert (token_ids[1:] > token_ids[:-1]).all()  # no token twice
-                spatial = token_ids % tokens_per_frame
-                ctx = reference_rope_angles(
-                    head_dim, context_pos, spatial // width, spatial % width
-                )
-                past_k = raw_k[layer][:, token_ids][:, :, heads].transpose(1, 2)
-                keys.insert(0, reference_rotate(past_k, ctx))
-                values.insert(0, raw_v[layer][:, token_ids][:, :, heads].transpose(1, 2).double())
-            expected = naive_attention(
-                reference_rotate(q, angles), torch.cat(keys, 2), torch.cat(values, 2)
-            )
-            actual = entry["out"][:, :, heads].transpose(1, 2)
-            assert relative_error(actual, expected) <= 1e-5, (layer, chunk, heads)
-            checked += 1
-        if entry["commit"]:
-            ids = chunk.token_ids()
-            for store, name in ((raw_k, "k"), (raw_v, "v")):
-                tensor = entry[name]
-                held = store.setdefault(
-                    layer, tensor.new_zeros(tensor.shape[0], 0, *tensor.shape[2:])
-                )
-                if held.shape[1] < ids[-1] + 1:
-                    grown = held.new_zeros(held.shape[0], int(ids[-1]) + 1, *held.shape[2:])
-                    grown[:, : held.shape[1]] = held
-                    store[layer] = held = grown
-                held[:, ids] = tensor
-    return checked
-
-
 POLICY_CASES = [
     ("full", {}),
     ("window", {"window_frames": 6}),
@@ -151,7 +85,7 @@ def test_every_pass_matches_dense_attention_over_reported_tokens(
     with torch.no_grad():
         for _ in generate_chunks(model, cache, context, frames, LATENT, generator):
             pass
-    checked = check_against_reference(recorder, small_config.head_dim, GRID[0] * GRID[1])
+    checked = check_against_reference(recorder)
     assert checked == 9 * 5 * small_config.num_layers
 
     window = params.get("window_frames", 12 if name == "sink" else 21)

@@ -12,9 +12,10 @@ from headforcing.heads import HeadMap
 from headforcing.model import WanConfig
 from headforcing.sampling import generate_chunks
 from headforcing.switch import PromptSwitcher
+from headforcing.testing import AttentionRecorder, check_against_reference
 
 from .conftest import random_head_map, random_model
-from .test_cache import GRID, LATENT, AttentionRecorder, check_against_reference
+from .test_cache import GRID, LATENT
 
 TOKENS = GRID[0] * GRID[1]
 FRAMES = 63  # 21 chunks: three times the trained range
@@ -32,7 +33,7 @@ def rollout(config, policy, frames=FRAMES, seed=4):
             model, cache, context, frames, LATENT, torch.Generator().manual_seed(seed)
         ):
             pass
-    checked = check_against_reference(recorder, config.head_dim, TOKENS)
+    checked = check_against_reference(recorder)
     assert checked == -(-frames // 3) * 5 * sum(len(groups) for groups in cache.layers)
     return recorder, cache
 

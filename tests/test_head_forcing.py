@@ -9,9 +9,10 @@ from headforcing.cache.policies import HeadForcingPolicy
 from headforcing.heads import HeadMap
 from headforcing.model.rope import Rope3D, cos_sin, rotate, rotate_temporal
 from headforcing.sampling import generate_chunks
+from headforcing.testing import AttentionRecorder, check_against_reference
 
 from .conftest import random_head_map, random_model
-from .test_cache import GRID, LATENT, AttentionRecorder, check_against_reference
+from .test_cache import GRID, LATENT
 
 UNLIMITED = dict(
     local_frames=10**6, anchor_recent_frames=10**6, working_frames=10**6, positions="absolute"
@@ -32,7 +33,7 @@ def rollout_checked_against_dense_attention(model, policy, config, frames):
     cache = KVCache(policy, config, *GRID)
     recorder = AttentionRecorder(cache)
     rollout_latents(model, cache, frames)
-    checked = check_against_reference(recorder, config.head_dim, GRID[0] * GRID[1])
+    checked = check_against_reference(recorder)
     chunks = -(-frames // 3)
     assert checked == chunks * 5 * sum(len(groups) for groups in cache.layers)
     return cache

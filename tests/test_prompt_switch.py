@@ -13,10 +13,11 @@ from headforcing.pipeline import Pipeline
 from headforcing.sampling import generate_chunks
 from headforcing.schedule import FrameClock, load_schedule
 from headforcing.switch import PromptSwitcher, plan_switch
+from headforcing.testing import AttentionRecorder, check_against_reference
 
 from .conftest import random_head_map, random_model
 from .reference import relative_error
-from .test_cache import GRID, LATENT, AttentionRecorder, check_against_reference
+from .test_cache import GRID, LATENT
 
 
 def log_passes(model):
@@ -249,7 +250,7 @@ def test_switches_match_naive_attention_over_reported_tokens(
                 plans.append(switcher.apply(context[prompt]))
                 check_switch(cache, plans[-1], before, keys_before, policy)
             run_until(model, cache, switcher, context[prompt], end, generator)
-    checked = check_against_reference(recorder, small_config.head_dim, GRID[0] * GRID[1])
+    checked = check_against_reference(recorder)
     rerun_chunks = sum(-(-p.rebuilt_frames // 3) for p in plans)
     assert checked == (12 * 5 + rerun_chunks) * sum(len(groups) for groups in cache.layers)
     if positions == "relative":

@@ -98,7 +98,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window") -> None:
     group = parser.add_argument_group("cache policy (docs/policies.md)")
-    group.add_argument("--policy", default=default, help=f"one of {', '.join(POLICIES)}")
+    group.add_argument(
+        "--policy",
+        default=default,
+        help=f"one of {', '.join(POLICIES)}, or your own: module:Class or file.py:Class",
+    )
     group.add_argument(
         "--window-frames", type=int, help="window/sink: frames attended, chunk included"
     )
@@ -694,11 +698,9 @@ def add_batch_policy_arguments(parser: argparse.ArgumentParser) -> None:
 
 def batch_policy(args: argparse.Namespace, name: str):
     """Policy ``name`` with the options of --window-frames/--sink-frames/--positions it takes."""
-    from headforcing.cache.policies import POLICIES
+    from headforcing.cache.policies import policy_class
 
-    if name not in POLICIES:
-        make_policy(name)  # the error that lists the valid names
-    fields = POLICIES[name].__dataclass_fields__
+    fields = policy_class(name).__dataclass_fields__  # unknown: the error lists valid names
     params = {key: getattr(args, key) for key in BATCH_POLICY_PARAMS if key in fields}
     return make_policy(name, **params)
 
@@ -761,7 +763,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             except ValueError as error:
                 raise ValueError(f"{args.prompts} line {item.line}: {error}") from None
     for key in BATCH_POLICY_PARAMS:
-        takers = [name for name in policies if key in POLICIES[name].__dataclass_fields__]
+        takers = [name for name in policies if key in type(policies[name]).__dataclass_fields__]
         if getattr(args, key) is not None and not takers:
             option = "--" + key.replace("_", "-")
             raise ValueError(f"{option} applies to none of the policies {', '.join(policies)}")

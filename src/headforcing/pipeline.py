@@ -46,6 +46,33 @@ class VideoChunk:
     prompt: str = ""
 
 
+@dataclass(frozen=True)
+class Video:
+    """A whole video (:meth:`Pipeline.generate`): ``frames [F, H, W, 3]`` uint8, ``latents
+    [1, C, f, h, w]``, its ``fps``, the ``record`` of what made it (the one stored in every
+    MP4 the CLI writes) and the head map the policy used (``None``: it needs none)."""
+
+    frames: torch.Tensor
+    latents: torch.Tensor
+    fps: int
+    record: dict
+    head_map: HeadMap | None = None
+    chunk_lengths: tuple[int, ...] = ()  # pixel frames of every chunk, in order
+
+    def save(self, path, *, overwrite: bool = False, scale: int = 1):
+        """Write the frames to an MP4 at ``path`` (H.264, the run record stored in it, as
+        the CLI writes them; ``scale``: every pixel as a ``scale`` x ``scale`` block)."""
+        from headforcing.io.video import VideoWriter
+
+        with VideoWriter(
+            path, self.fps, overwrite=overwrite, scale=scale, metadata=self.record
+        ) as writer:
+            # chunk by chunk, as the CLI writes: the same fragments, the same encoding
+            for chunk in self.frames.split(list(self.chunk_lengths) or [len(self.frames)]):
+                writer.write(chunk)
+        return writer.path
+
+
 def latent_frames_for_seconds(seconds: float, fps: int = 16, temporal_stride: int = 4) -> int:
     """Latent frames whose decoded video lasts at least ``seconds`` (5 s -> 21 at 16 fps)."""
     if seconds <= 0:
@@ -150,6 +177,14 @@ class Pipeline:
             width=width,
             weights_id="random-seed0",
         )
+
+    @classmethod
+    def toy(cls, device: torch.device | str = "cpu") -> Pipeline:
+        """The toy-world model that ships with the package (32x32 frames, toy-world prompts:
+        docs/toyworld.md), trained here on a CPU; the CLI's default model."""
+        from headforcing.toyworld.pretrained import load_toy_pipeline
+
+        return load_toy_pipeline(device)
 
     def latent_frames(self, seconds: float) -> int:
         """Latent frames whose decoded video lasts at least ``seconds`` at the preset's fps."""
@@ -269,6 +304,42 @@ class Pipeline:
                 )
                 switcher.remember(chunk)
             yield replace(chunk, prompt=text)
+
+    def generate(
+        self,
+        prompt: str | PromptSource,
+        *,
+        seconds: float | None = None,
+        latent_frames: int | None = None,
+        policy: CachePolicy | str = "head_forcing",
+        seed: int = 0,
+        switch: str | None = None,
+    ) -> Video:
+        """A whole video of ``seconds`` (or ``latent_frames``; default 5 s) for ``prompt``
+        (one prompt, or a :class:`~headforcing.schedule.PromptSchedule`) with ``policy`` (an
+        object or a name); see :meth:`stream`, which this collects. Same seed, same frames.
+        """
+        from headforcing.cache.policies import make_policy
+        from headforcing.io.provenance import run_metadata
+
+        if seconds is not None and latent_frames is not None:
+            raise ValueError("give seconds or latent_frames, not both")
+        num_frames = latent_frames or self.latent_frames(5.0 if seconds is None else seconds)
+        if isinstance(policy, str):
+            policy = make_policy(policy)
+        maps: list[HeadMap] = []
+        chunks = list(self.stream(prompt, num_frames, policy, seed, maps.append, switch))
+        head_map = maps[0] if maps else getattr(policy, "head_map", None)
+        if maps:
+            policy = policy.with_head_map(head_map)
+        return Video(
+            frames=torch.cat([chunk.frames for chunk in chunks], dim=1)[0],
+            latents=torch.cat([chunk.latents for chunk in chunks], dim=2),
+            fps=self.preset.video.fps,
+            record=run_metadata(self, prompt, seed, policy, num_frames),
+            head_map=head_map,
+            chunk_lengths=tuple(chunk.frames.shape[1] for chunk in chunks),
+        )
 
     def stream(
         self,

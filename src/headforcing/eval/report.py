@@ -11,7 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from headforcing.eval.measures import MEASURES, SegmentMeasures, drift, reference, segment_measures
-from headforcing.eval.segments import VideoSource, default_segment_frames, frames_of, segments
+from headforcing.eval.segments import (
+    VideoSource,
+    default_segment_frames,
+    frames_of,
+    segments,
+    sources,
+)
 from headforcing.eval.truth import has_truth, truth_metrics
 from headforcing.toyworld.metrics import SegmentMetrics
 
@@ -69,6 +75,11 @@ def evaluate(source: VideoSource, segment_frames: int | None = None) -> VideoEva
     if keep_frames:
         truth = truth_metrics(np.concatenate(kept), source.metadata, segment_frames)
     return VideoEval(source, segment_frames, measured, truth)
+
+
+def evaluate_file(path: str | Path, segment_frames: int | None = None) -> list[VideoEval]:
+    """Measure the MP4 at ``path``: one result, or one per panel of a demo video."""
+    return [evaluate(source, segment_frames) for source in sources(Path(path))]
 
 
 def format_table(results: list[VideoEval]) -> str:
