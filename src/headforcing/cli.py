@@ -473,10 +473,13 @@ def add_switch_argument(group) -> None:
         "--switch",
         choices=SWITCH_MODES,
         default=None,
-        help="what a prompt switch does to the KV cache: cut (keep it), recache (LongLive: "
-        "re-run the window with the new prompt, sink kept), head-aware (recache, but memory "
-        "heads keep their episodes), flush (Infinity-RoPE: keep the sink and the last 2 frames, "
-        "re-run nothing). Default: the policy's (flush for infinity_rope, else head-aware)",
+        help="what a prompt switch does to the KV cache (docs/prompts.md): cut (keep it), "
+        "recache (LongLive's re-cache, global_sink true: the window re-run with the new prompt "
+        "in one pass, the sink kept), recache-new-sink (the same, global_sink false: the sink "
+        "rewritten), recache-causal (the window re-run chunk by chunk, causally), head-aware "
+        "(recache-causal, but memory heads keep their episodes), flush (Infinity-RoPE: keep the "
+        "sink and the last 2 frames, re-run nothing). Default: the policy's (flush for "
+        "infinity_rope, else head-aware)",
     )
 
 
