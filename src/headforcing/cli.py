@@ -97,7 +97,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window") -> None:
     group = parser.add_argument_group("cache policy (docs/policies.md)")
-    group.add_argument("--policy", default=default, help=f"one of {', '.join(POLICIES)}")
+    group.add_argument(
+        "--policy",
+        help=f"one of {', '.join(POLICIES)}; with --model the base's (sink for longlive, "
+        f"docs/real-models.md) (default: {default})",
+    )
     group.add_argument(
         "--window-frames", type=int, help="window/sink: frames attended, chunk included"
     )
@@ -105,9 +109,9 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
     group.add_argument(
         "--positions",
         choices=("absolute", "relative"),
-        default="relative",
-        help="temporal RoPE positions: 'absolute' = Self-Forcing exactly; 'relative' (default) "
-        "lays the kept frames out on consecutive positions so none leaves the trained range",
+        help="temporal RoPE positions: 'absolute' = Self-Forcing exactly; 'relative' lays the "
+        "kept frames out on consecutive positions so none leaves the trained range (default: "
+        "relative; absolute for --model longlive's sink and window, as LongLive runs)",
     )
     heads = parser.add_argument_group("head_forcing (docs/head-forcing.md)")
     heads.add_argument(
@@ -144,15 +148,32 @@ POLICY_PARAMS = (
 )
 
 
+def base_of(args: argparse.Namespace):
+    """The base model ``--model`` names (its sampler, EMA and policy defaults), or ``None``."""
+    from headforcing.bases import get_base
+
+    model = getattr(args, "model", None)
+    return get_base(model) if model else None
+
+
 def policy_from_args(args: argparse.Namespace):
+    from headforcing.bases import base_policy
+
     params = {name: getattr(args, name, None) for name in POLICY_PARAMS}
-    return make_policy(
+    return base_policy(
+        base_of(args),
         args.policy,
         window_frames=args.window_frames,
         sink_frames=args.sink_frames,
         positions=args.positions,
         **params,
     )
+
+
+def switch_from_args(args: argparse.Namespace) -> str | None:
+    """``--switch``, else the base's (``recache`` for LongLive), else ``None``: the policy's."""
+    base = base_of(args)
+    return args.switch or (base.switch if base is not None else None)
 
 
 def head_map_from_args(args: argparse.Namespace, policy):
@@ -327,16 +348,22 @@ def parse_scale_argument(text: str) -> int | str:
 
 def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("real weights (docs/real-models.md)")
-    group.add_argument("--model", help="self-forcing, longlive, causvid or diffusers")
+    group.add_argument(
+        "--model",
+        help="self-forcing, causal-forcing, longlive, causvid or diffusers: the base, its "
+        "checkpoint layout and its sampler (docs/real-models.md)",
+    )
     group.add_argument("--checkpoint", type=Path, help="the transformer .pt")
     group.add_argument("--wan-dir", type=Path, help="original Wan2.1-T2V-1.3B folder")
     group.add_argument("--diffusers-dir", type=Path, help="Wan2.1-T2V-1.3B-Diffusers folder")
     group.add_argument("--lora", type=Path, help="LongLive LoRA .pt, merged at load")
     group.add_argument("--lora-alpha", type=float, help="LongLive LoRA alpha (LongLive: 256)")
     group.add_argument(
-        "--no-ema",
-        action="store_true",
-        help="load the 'generator' weights, not 'generator_ema' (LongLive trains its LoRA so)",
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        help="load the 'generator_ema' weights (--ema) or 'generator' (--no-ema); default: what "
+        "the base's authors load (EMA for self-forcing and causvid, not for causal-forcing and "
+        "longlive)",
     )
     group.add_argument("--text-device", help="device of the umT5 encoder (default: --device)")
     group.add_argument(
@@ -357,7 +384,7 @@ def real_files(args: argparse.Namespace):
         diffusers_dir=args.diffusers_dir,
         lora=args.lora,
         lora_alpha=args.lora_alpha,
-        use_ema=not args.no_ema,
+        use_ema=args.ema,
     )
 
 
@@ -394,7 +421,15 @@ def load_pipeline(args: argparse.Namespace):
         weights_id = fingerprint(files.transformer_path)
         if files.lora is not None:
             weights_id += "-" + fingerprint(files.lora)
-        return Pipeline(preset, *parts, height=args.height, width=args.width, weights_id=weights_id)
+        sampler = base_of(args).sampler
+        return Pipeline(
+            preset,
+            *parts,
+            height=args.height,
+            width=args.width,
+            schedule=sampler,
+            weights_id=weights_id,
+        )
     if preset.name == "toy" and not args.random_weights:
         return toy_pipeline(args, device, dtype)
     check_weights_given(args)
@@ -479,7 +514,7 @@ def add_switch_argument(group) -> None:
         "rewritten), recache-causal (the window re-run chunk by chunk, causally), head-aware "
         "(recache-causal, but memory heads keep their episodes), flush (Infinity-RoPE: keep the "
         "sink and the last 2 frames, re-run nothing). Default: the policy's (flush for "
-        "infinity_rope, else head-aware)",
+        "infinity_rope, else head-aware; recache with --model longlive)",
     )
 
 
@@ -543,7 +578,7 @@ def write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, on_h
             policy,
             seed=args.seed,
             on_head_map=on_head_map,
-            switch=args.switch,
+            switch=switch_from_args(args),
             write=write,
         )
 
@@ -585,7 +620,8 @@ def describe_run(args, pipeline, policy, head_map_source: str, num_frames: int, 
             print(f"note: {note}", file=sys.stderr)
         starts = ", ".join(str(segment.start) for segment in prompts.segments)
         print(
-            f"{len(prompts.segments)} prompts from latent frames {starts}; switch: {args.switch}",
+            f"{len(prompts.segments)} prompts from latent frames {starts}; switch: "
+            f"{switch_from_args(args) or policy.default_switch}",
             file=sys.stderr,
         )
 
@@ -628,7 +664,8 @@ def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy,
             cache_bytes = parallel.cache_bytes
         else:  # the same passes, no decoding
             cache = pipeline.new_cache(policy)
-            for _ in pipeline.generate_latents(prompts, num_frames, cache, args.seed, args.switch):
+            switch = switch_from_args(args)
+            for _ in pipeline.generate_latents(prompts, num_frames, cache, args.seed, switch):
                 pass
             status, cache_bytes = 0, cache.bytes_held()
         print(f"rank {world.rank}: K/V held {cache_bytes / 2**20:.2f} MiB", file=sys.stderr)
@@ -662,6 +699,11 @@ def batch_policy(args: argparse.Namespace, name: str):
         make_policy(name)  # the error that lists the valid names
     fields = POLICIES[name].__dataclass_fields__
     params = {key: getattr(args, key) for key in BATCH_POLICY_PARAMS if key in fields}
+    base = base_of(args)
+    if base is not None:  # the base's defaults, as generate uses them
+        from headforcing.bases import base_policy
+
+        return base_policy(base, name, **params)
     return make_policy(name, **params)
 
 
@@ -761,7 +803,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             "width": pipeline.width,
             "fps": video.fps,
             "dtype": dtype_name,
-            "switch": args.switch,
+            "switch": switch_from_args(args),
             "ranks": world.size,
         }
         if world.is_main:
@@ -771,7 +813,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         report = run_batch(
-            pipeline, jobs, policies.__getitem__, out_dir, world, settings, args.switch, args.scale
+            pipeline,
+            jobs,
+            policies.__getitem__,
+            out_dir,
+            world,
+            settings,
+            switch_from_args(args),
+            args.scale,
         )
         if world.is_main:
             print(
@@ -910,7 +959,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
             num_frames,
             out,
             seed=args.seed,
-            switch=args.switch,
+            switch=switch_from_args(args),
             pace=not args.no_pace,
             overwrite=args.overwrite,
             on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),

@@ -7,8 +7,8 @@ Two layouts of the Wan2.1-T2V-1.3B files are accepted, each named explicitly:
 - ``--diffusers-dir``: the diffusers repository (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``):
   ``text_encoder/``, ``tokenizer/``, ``vae/`` and, for ``--model diffusers``, ``transformer/``.
 
-The transformer comes from ``--checkpoint`` (Self-Forcing, LongLive base + ``--lora``, CausVid),
-or from the diffusers folder's ``transformer/``.
+The transformer comes from ``--checkpoint`` (Self-Forcing, Causal Forcing, LongLive base +
+``--lora``, CausVid), or from the diffusers folder's ``transformer/``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class RealFiles:
     diffusers_dir: Path | None = None
     lora: Path | None = None
     lora_alpha: float | None = None
-    use_ema: bool = True
+    use_ema: bool | None = None  # None: what the checkpoint kind's authors load
 
     def __post_init__(self) -> None:
         from headforcing.io.checkpoints import CHECKPOINT_KINDS
