@@ -331,9 +331,10 @@ def add_scale_argument(parser: argparse.ArgumentParser) -> None:
         "--scale",
         type=parse_scale_argument,
         default="auto",
-        help="show each pixel as an N x N block in the video (nearest neighbour); auto: the "
-        f"smallest N that makes the frames at least {MIN_DISPLAY_PIXELS} px (8 for the toy "
-        "model's 32 px, 1 for Wan's)",
+        help="show each pixel as an N x N block in the video (nearest neighbour); auto: 1 for "
+        "real weights (--model) and for frames whose shorter side is at least "
+        f"{MIN_DISPLAY_PIXELS} px, else the smallest N that makes it so (8 for the toy model's "
+        "32 px)",
     )
 
 
@@ -429,6 +430,7 @@ def load_pipeline(args: argparse.Namespace):
             width=args.width,
             schedule=sampler,
             weights_id=weights_id,
+            real_weights=True,
         )
     if preset.name == "toy" and not args.random_weights:
         return toy_pipeline(args, device, dtype)
@@ -588,7 +590,9 @@ def write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, on_h
         pipeline.preset.video.fps,
         num_frames,
         args.overwrite,
-        scale=display_scale(pipeline.height, pipeline.width, args.scale),
+        scale=display_scale(
+            pipeline.height, pipeline.width, args.scale, real_weights=pipeline.real_weights
+        ),
         metadata=run_metadata(pipeline, prompts, args.seed, policy, num_frames),
     )
 
@@ -964,7 +968,9 @@ def cmd_interactive(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
             check_prompt=lambda prompt: check_toy_prompts(pipeline, prompt),
-            scale=display_scale(pipeline.height, pipeline.width, args.scale),
+            scale=display_scale(
+                pipeline.height, pipeline.width, args.scale, real_weights=pipeline.real_weights
+            ),
             metadata=run_metadata(pipeline, args.prompt, args.seed, policy, num_frames),
         )
     except BaseException:

@@ -88,6 +88,9 @@ class Pipeline:
     head_map:
         A head map that comes with the weights (the toy model ships one): ``head_forcing`` runs
         use it when no map is given or stored, instead of profiling one before the run.
+    real_weights:
+        The networks are a real model's (``--model``), not a built-in small or random one:
+        its videos are written at the size they are made (``--scale auto`` is 1).
     """
 
     def __init__(
@@ -102,8 +105,10 @@ class Pipeline:
         schedule: FlowSchedule | None = None,
         weights_id: str = "unnamed",
         head_map: HeadMap | None = None,
+        real_weights: bool = False,
     ) -> None:
         self.preset = preset
+        self.real_weights = real_weights
         self.weights_id = weights_id
         self.head_map = head_map
         self.model = model
