@@ -12,6 +12,7 @@ import itertools
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from headforcing.threads import passive_wait_by_default
@@ -584,12 +585,18 @@ def write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, on_h
             write=write,
         )
 
+    def speed(frames: int, dit_seconds: float, wall_seconds: float) -> str:
+        from headforcing.speed import run_speed
+
+        return run_speed(pipeline, frames, dit_seconds, wall_seconds).line()
+
     return write_stream(
         stream,
         out,
         pipeline.preset.video.fps,
         num_frames,
         args.overwrite,
+        speed=speed,
         scale=display_scale(
             pipeline.height, pipeline.width, args.scale, real_weights=pipeline.real_weights
         ),
@@ -845,8 +852,11 @@ def write_stream(
     overwrite: bool,
     scale: int = 1,
     metadata: dict | None = None,
+    speed: Callable[[int, float, float], str] | None = None,
 ) -> int:
     """Write the chunks of ``make_stream(write)`` to ``out`` as they come; the exit status.
+
+    ``speed(frames, dit_seconds, wall_seconds)``: the last line printed (headforcing.speed).
 
     The stream writes each chunk in its worker thread (beside the next chunk's generation),
     which signals never interrupt; the stream finishes the chunk in its worker however it
@@ -862,10 +872,13 @@ def write_stream(
         writer = VideoWriter(out, fps=fps, overwrite=overwrite, scale=scale, metadata=metadata)
     stop = None
     stream = make_stream(lambda chunk: writer.write(chunk.frames[0]))
+    dit_seconds, first_started = 0.0, None
     try:
         last_prompt = None
         written = 0
         for chunk in stream:
+            dit_seconds += chunk.dit_seconds
+            first_started = first_started or chunk.started_at
             if last_prompt is not None and chunk.prompt != last_prompt:
                 progress.note(f"latent frame {chunk.first_frame}: {chunk.prompt!r}")
             last_prompt = chunk.prompt
@@ -894,8 +907,9 @@ def write_stream(
     )
     if stop is not None:
         print(f"interrupted ({stop}): kept {frames} finished frames", file=sys.stderr)
-        return exit_code(stop)
-    return 0
+    if speed is not None and first_started is not None:
+        print(speed(frames, dit_seconds, time.perf_counter() - first_started), file=sys.stderr)
+    return 0 if stop is None else exit_code(stop)
 
 
 class ChunkProgress:
@@ -1030,6 +1044,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_policy,
         estimated_full_bytes,
         format_table,
+        with_decode,
         write_json,
     )
 
@@ -1051,6 +1066,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device, dtype = pipeline.model.device, pipeline.model.dtype
         pipeline.decoder = WanVAEDecoder(AutoencoderKLWan(), device=device, dtype=dtype)
     device = pipeline.model.device
+    video = pipeline.preset.video
+    pixel_frames = video.chunk_frames * video.vae_stride[0]
+    decode_ms = bench_decode(pipeline, timed_chunks=args.chunks)  # every row says both rates
     rows, head_map = [], None
     for name in args.policies:
         policy = make_policy(name, positions=args.positions)
@@ -1068,26 +1086,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         BenchRow(policy.describe(), seconds, frames, 0, 0, 0, 0, 0, note=note)
                     )
                     continue
-            rows.append(bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks))
+            row = bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks)
+            rows.append(with_decode(row, decode_ms, pixel_frames))
             row = rows[-1]
             print(
                 f"{row.policy:>28} {seconds:>5g} s: {row.ms_per_chunk:8.1f} ms/chunk, "
+                f"{row.frames_per_second:.1f} frames/s DiT only, "
+                f"{row.end_to_end_frames_per_second:.1f} end to end (decode beside), "
                 f"{row.syncs_per_chunk} host reads/chunk",
                 file=sys.stderr,
             )
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = f"CPU, {torch.get_num_threads()} threads"
+    from headforcing.speed import device_name
+
     dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
     title = (
-        f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, {device_name}"
+        f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, "
+        f"{device_name(device)}"
     )
-    decode_ms = bench_decode(pipeline, timed_chunks=args.chunks)
-    window = pipeline.preset.video.trained_frames - pipeline.preset.video.chunk_frames
+    window = video.trained_frames - video.chunk_frames
     plain_ms = bench_plain_pass(pipeline, window)
-    video = pipeline.preset.video
-    print(format_table(rows, title, decode_ms, video.chunk_frames * video.vae_stride[0]))
+    print(format_table(rows, title, decode_ms, pixel_frames))
     print(
         f"\nreference: a plain-SDPA pass over {window} context frames + the chunk (no RoPE, no "
         f"cache): {plain_ms:.1f} ms; compare with the window rows' ms/pass"

@@ -8,6 +8,7 @@ denoise, commit the clean K/V, decode.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -25,6 +26,7 @@ from headforcing.io.text import HashedTextEncoder, TextEncoder
 from headforcing.model import Preset, WanModel, get_preset
 from headforcing.sampling import FlowSchedule, LatentChunk, generate_chunks
 from headforcing.schedule import PromptSchedule, PromptSource
+from headforcing.speed import Span, mark
 from headforcing.switch import PromptSwitcher
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
@@ -33,7 +35,8 @@ SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
 @dataclass(frozen=True)
 class VideoChunk:
     """One finished chunk: latents ``[B, C, F, h, w]``, frames ``[B, F_pix, H, W, 3]`` uint8,
-    the cache's state after committing it, and the prompt that drove it."""
+    the cache's state after committing it, the prompt that drove it, the seconds of the
+    transformer's work on it (:mod:`headforcing.speed`) and the host's clock when that began."""
 
     first_frame: int
     latents: torch.Tensor
@@ -41,6 +44,8 @@ class VideoChunk:
     kv_bytes: int
     max_position: int
     prompt: str = ""
+    dit_seconds: float = 0.0
+    started_at: float = 0.0
 
 
 def latent_frames_for_seconds(seconds: float, fps: int = 16, temporal_stride: int = 4) -> int:
@@ -239,6 +244,7 @@ class Pipeline:
             keep_history=not fixed or len(prompt.segments) > 1,
         )
         generator = torch.Generator().manual_seed(seed)
+        device = self.model.device
         text = context = None
         while cache.frames_done < num_frames:
             # inference mode for the work, never across a yield: a consumer interleaving two
@@ -246,8 +252,12 @@ class Pipeline:
             with torch.inference_mode():
                 # the prompt can only change here, between two chunks
                 asked = prompt.prompt_at(cache.frames_done)
-                if asked != text:
+                switching = asked != text
+                if switching:
                     context = self.model.encode_text(self.text_encoder.encode([asked]))
+                # the transformer's work on this chunk: a re-cache, the passes
+                began, start = time.perf_counter(), mark(device)
+                if switching:
                     if text is not None:
                         switcher.apply(context)
                     text = asked
@@ -256,8 +266,9 @@ class Pipeline:
                 (chunk,) = generate_chunks(
                     runner, cache, context, end, self.latent_shape, generator, self.schedule
                 )
+                span = Span(start, mark(device), began)
                 switcher.remember(chunk)
-            yield replace(chunk, prompt=text)
+            yield replace(chunk, prompt=text, span=span)
 
     def stream(
         self,
@@ -304,7 +315,14 @@ class Pipeline:
                 frames = self.decoder.decode_chunk(chunk.latents)
                 position = int(max_position)
             decoded = VideoChunk(
-                chunk.first_frame, chunk.latents, frames, kv_bytes, position, chunk.prompt
+                chunk.first_frame,
+                chunk.latents,
+                frames,
+                kv_bytes,
+                position,
+                chunk.prompt,
+                dit_seconds=chunk.span.seconds(),
+                started_at=chunk.span.began,
             )
             if write is not None:
                 write(decoded)
