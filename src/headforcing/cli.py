@@ -24,6 +24,7 @@ import torch  # noqa: E402
 from headforcing.cache.policies import POLICIES, make_policy  # noqa: E402
 from headforcing.io.scale import MIN_DISPLAY_PIXELS  # noqa: E402
 from headforcing.model.config import PRESETS, get_preset  # noqa: E402
+from headforcing.resources import MODE_NAMES  # noqa: E402
 from headforcing.switch import SWITCH_MODES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -263,20 +264,42 @@ def length_from_args(args: argparse.Namespace) -> int:
     return latent_frames_for_seconds(args.seconds, video.fps, stride)
 
 
-def check_memory(args: argparse.Namespace, policy, num_frames: int, device, dtype) -> None:
-    """Refuse a frame size and cache that cannot fit the device (headforcing.resources)."""
-    from headforcing.resources import check_fits, estimate_memory
+def check_memory(
+    args: argparse.Namespace, policy, num_frames: int, device, dtype, prompts=None, head_map=None
+) -> None:
+    """Pick the memory mode of the run, or refuse a frame size and cache that cannot fit the
+    device (headforcing.resources); on CUDA say which mode and the numbers. The plan is kept in
+    ``args.memory_plan`` for the loader."""
+    from headforcing.resources import plan_run
 
     preset = get_preset(args.preset or default_preset(args))
-    video = preset.video
-    height = args.height or video.height
-    width = args.width or video.width
-    span = getattr(policy, "attention_span", None)
-    held = span(video.chunk_frames) if span is not None else None
-    if held is None:  # full keeps everything; head_forcing's budget is about the trained range
-        held = num_frames if policy.name == "full" else video.trained_frames
-    estimate = estimate_memory(preset, height, width, dtype, min(held, num_frames))
-    check_fits(estimate, device, f"{width}x{height} frames with --policy {policy.name}")
+    real = bool(getattr(args, "model", None))
+    if head_map is not None:
+        policy = policy.with_head_map(head_map)
+    if args.command == "interactive":  # a prompt can come from the page at any chunk
+        switches = True
+    else:
+        switches = not isinstance(prompts, str) and len(prompts.segments) > 1
+    text_device = getattr(args, "text_device", None)
+    plan = plan_run(
+        preset,
+        args.height or preset.video.height,
+        args.width or preset.video.width,
+        dtype,
+        policy,
+        num_frames,
+        device,
+        real_weights=real,
+        text_shape=real_files(args).text_encoder_shape() if real else None,
+        switches=switches,
+        switch_mode=switch_from_args(args) or policy.default_switch,
+        mode=getattr(args, "memory_mode", "auto"),
+        text_device=resolve_device(text_device, "--text-device") if text_device else None,
+        keep_text_encoder=getattr(args, "keep_text_encoder", None),
+    )
+    args.memory_plan = plan
+    if device.type == "cuda":
+        print(plan.line(), file=sys.stderr)
 
 
 def check_prompt_text(text: str, where: str) -> str:
@@ -367,11 +390,23 @@ def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
         "the base's authors load (EMA for self-forcing and causvid, not for causal-forcing and "
         "longlive)",
     )
-    group.add_argument("--text-device", help="device of the umT5 encoder (default: --device)")
+    group.add_argument(
+        "--memory-mode",
+        default="auto",
+        choices=("auto", *MODE_NAMES),
+        help="where umT5 and the VAE's work live (docs/real-models.md, 'GPU memory'): 80gb "
+        "(umT5 on the GPU, kept), 40gb (umT5 on the GPU while it encodes, then freed and read "
+        "again at a prompt switch), 24gb (umT5 on the CPU), 16gb (also the VAE one latent frame "
+        "per call); auto: the most generous one the GPU's free memory holds, said before loading",
+    )
+    group.add_argument(
+        "--text-device", help="device of the umT5 encoder (default: the memory mode's)"
+    )
     group.add_argument(
         "--keep-text-encoder",
-        action="store_true",
-        help="keep umT5 loaded after encoding (default: free it)",
+        action=argparse.BooleanOptionalAction,
+        help="keep umT5 loaded between prompts, or free it after each and read it again at a "
+        "switch (default: the memory mode's)",
     )
 
 
@@ -409,14 +444,19 @@ def load_pipeline(args: argparse.Namespace):
         from headforcing.io.wan_files import load_real_parts
 
         files = real_files(args)
-        text_device = resolve_device(args.text_device) if args.text_device else device
+        mode = memory_mode(args)
+        if args.text_device:
+            text_device = resolve_device(args.text_device, "--text-device")
+        else:
+            text_device = device if mode.text_on_device else torch.device("cpu")
         parts = load_real_parts(
             files,
             preset.model,
             device=device,
             dtype=dtype,
             text_device=text_device,
-            keep_text_encoder=args.keep_text_encoder,
+            keep_text_encoder=mode.keep_text_encoder,
+            decode_frames_per_call=mode.decode_frames_per_call,
         )
         from headforcing.heads.store import fingerprint
 
@@ -439,6 +479,24 @@ def load_pipeline(args: argparse.Namespace):
     return Pipeline.with_standins(
         preset.name, device=device, dtype=dtype, height=args.height, width=args.width
     )
+
+
+def memory_mode(args: argparse.Namespace):
+    """The memory mode the plan picked (headforcing.resources), else ``--memory-mode`` (auto:
+    40gb, umT5 on the GPU while it encodes, for commands that plan nothing), with the user's
+    ``--keep-text-encoder``."""
+    import dataclasses
+
+    from headforcing.resources import get_mode
+
+    plan = getattr(args, "memory_plan", None)
+    if plan is not None:
+        return plan.mode
+    name = getattr(args, "memory_mode", "auto")
+    mode = get_mode("40gb" if name == "auto" else name)
+    if getattr(args, "keep_text_encoder", None) is not None:
+        mode = dataclasses.replace(mode, keep_text_encoder=args.keep_text_encoder)
+    return mode
 
 
 def check_weights_given(args: argparse.Namespace) -> None:
@@ -558,7 +616,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
     policy = policy_from_args(args)
     head_map = head_map_from_args(args, policy)
-    check_memory(args, policy, num_frames, device, dtype)
+    check_memory(args, policy, num_frames, device, dtype, prompts, head_map)
     if args.parallel == "heads":
         return generate_by_heads(args, out, device, num_frames, prompts, policy, head_map)
     print("loading the model", file=sys.stderr, flush=True)
@@ -965,7 +1023,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     num_frames = length_from_args(args)
     policy = policy_from_args(args)
     head_map = head_map_from_args(args, policy)
-    check_memory(args, policy, num_frames, device, dtype)
+    check_memory(args, policy, num_frames, device, dtype, args.prompt, head_map)
     server = LiveServer.bind(args.port)
     try:
         pipeline = build_pipeline(args)
