@@ -192,7 +192,7 @@ def test_longlive_needs_lora_and_alpha(tmp_path, small_config):
         load_transformer(base_path, small_config, kind="longlive", lora_alpha=256)
     with pytest.raises(ValueError, match="kind='longlive' only"):
         load_transformer(base_path, small_config, lora=lora_path, lora_alpha=256)
-    with pytest.raises(ValueError, match="'self-forcing', 'causvid', 'longlive', 'diffusers'"):
+    with pytest.raises(ValueError, match="'self-forcing', 'causal-forcing', 'causvid', 'longlive'"):
         load_transformer(base_path, small_config, kind="wan")
 
 

@@ -1,6 +1,8 @@
 """The command line end to end: ``generate`` writes a playable MP4, by default with the shipped
 toy-world model."""
 
+import re
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from headforcing.pipeline import Pipeline, latent_frames_for_seconds
 TOY_PROMPT = "a red circle bounces over a green striped background"
 
 
-def test_generate_writes_playable_mp4(tmp_path):
+def test_generate_writes_playable_mp4(tmp_path, capsys):
     out = tmp_path / "video.mp4"
     argv = ["generate", "a red ball bounces on a checkered floor", "--preset", "tiny"]
     assert main([*argv, "--out", str(out)]) == 0
@@ -19,6 +21,18 @@ def test_generate_writes_playable_mp4(tmp_path):
     # 21 latent frames -> 81 frames, 5 s at 16 fps; 128 px frames shown at 2x (--scale auto)
     assert frames.shape == (81, 256, 256, 3)
     assert frames.float().std() > 1  # not a blank video
+
+    # the last line: DiT-only and end-to-end frames/s, the device, the steps, the chunk size
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    match = re.fullmatch(
+        r"speed: ([\d.]+) frames/s DiT only, ([\d.]+) frames/s end to end \(decode and writing "
+        r"included\), on CPU \(\d+ threads?\) \(float32\), 4 denoising steps \+ 1 commit pass "
+        r"per chunk of 3 latent frames \(12 video frames\)",
+        last,
+    )
+    assert match, last
+    dit, end_to_end = map(float, match.groups())
+    assert dit >= end_to_end > 0
 
 
 def test_generate_without_a_model_runs_the_shipped_toy_model(tmp_path, capsys):

@@ -85,10 +85,10 @@ def test_head_parallel_on_two_ranks_equals_one_process(tmp_path, head_map_file):
     frames = 12
     torchrun(str(WORKERS / "head_parallel.py"), str(tmp_path), str(head_map_file), str(frames))
     references = {}
-    for name, (policy, prompt) in head_parallel_cases(HeadMap.load(head_map_file)).items():
+    for name, (policy, prompt, switch) in head_parallel_cases(HeadMap.load(head_map_file)).items():
         pipeline = Pipeline.with_standins("tiny", height=64, width=64)
         cache = pipeline.new_cache(policy)
-        chunks = pipeline.generate_latents(prompt, frames, cache, seed=3)
+        chunks = pipeline.generate_latents(prompt, frames, cache, seed=3, switch=switch)
         reference = references[name] = torch.cat([chunk.latents for chunk in chunks], dim=2)
         ranks = [torch.load(tmp_path / f"{name}.rank{rank}.pt") for rank in range(2)]
         for rank in ranks:

@@ -87,6 +87,9 @@ def test_display_scale():
     assert display_scale(480, 832) == 1  # Wan: as made
     assert display_scale(100, 300) == 3
     assert display_scale(32, 32, 2) == 2
+    # real weights are written as made, whatever the size (a 64x48 test of a real model)
+    assert display_scale(48, 64) == 6 and display_scale(48, 64, real_weights=True) == 1
+    assert display_scale(48, 64, 2, real_weights=True) == 2
     assert parse_scale("auto") == "auto" and parse_scale("3") == 3
     for bad in ("0", "-1", "x", "65"):
         with pytest.raises(ValueError, match="--scale"):

@@ -192,6 +192,10 @@ def test_prompt_posted_mid_stream_applies_at_the_next_chunk(tmp_path):
         session.join(30)
         state = state_of(base)
         assert state["done"] and state["error"] is None and state["queued"] is None
+        # what runs: the policy, frames/s reached (paced: about the video's fps), the K/V held
+        assert state["policy"] == "window(window=21, sink=0), absolute positions, switch head-aware"
+        assert 0 < state["frames_per_second"] <= state["dit_frames_per_second"]
+        assert state["kv_bytes"] == session.kv_bytes > 0
     finally:
         session.stop()
         session.join(30)
@@ -289,6 +293,30 @@ def test_browser_types_a_prompt_mid_stream_and_sees_the_new_frames(tmp_path, mon
         (switch,) = state_of(base)["switches"]
         assert switch["latent_frame"] % 3 == 0 and before <= switch["latent_frame"] <= after + 6
         assert "a blue cube" in driver.find_element(By.ID, "switches").text
+
+        # the page says what runs, from /state: the policy, frames/s reached, the K/V held, and
+        # how far behind the newest written frame the picture is
+        state = state_of(base)
+        assert driver.find_element(By.ID, "policy").text == state["policy"]
+        assert state["policy"].startswith("window(window=21, sink=0), relative positions")
+        speed = wait_until(
+            lambda: re.fullmatch(
+                r"([\d.]+) frames/s reached of 16 fps \((real time|\d+ % of real time); DiT "
+                r"only ([\d.]+) frames/s\)",
+                driver.find_element(By.ID, "speed").text,
+            ),
+            what="frames/s on the page",
+        )
+        assert float(speed.group(1)) > 0 and float(speed.group(3)) >= float(speed.group(1)) - 0.1
+        kv = wait_until(
+            lambda: re.fullmatch(r"([\d.]+) MiB", driver.find_element(By.ID, "kv").text),
+            what="K/V on the page",
+        )
+        assert abs(float(kv.group(1)) - state_of(base)["kv_bytes"] / 2**20) < 0.05
+        assert re.fullmatch(
+            r"\d+ frames \([\d.]+ s\) behind the generator",
+            driver.find_element(By.ID, "behind").text,
+        )
 
         # the page shows the new prompt's frames: the pixels on its canvas are the file's
         wait_until(lambda: shown() >= switch["pixel_frame"] + 2, what="new frames on the page")

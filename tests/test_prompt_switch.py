@@ -26,10 +26,12 @@ def log_passes(model):
 
     def recording(latents, timesteps, context, attention):
         chunk = attention.cache.chunk  # the commit pass closes it
+        # a one-pass re-cache runs outside any chunk: it says where its frames start
+        first = chunk.first_frame if chunk is not None else attention.first_frame
         out = forward(latents, timesteps, context, attention)
         log.append(
             dict(
-                first=chunk.first_frame,
+                first=first,
                 commit=attention.commit,
                 context=context,
                 latents=latents.clone(),
@@ -46,7 +48,10 @@ def log_passes(model):
 # ---------------------------------------------------------------- the switch lands on a boundary
 
 
-@pytest.mark.parametrize(("mode", "extra_passes"), [("cut", 0), ("recache", 2), ("head-aware", 2)])
+@pytest.mark.parametrize(
+    ("mode", "extra_passes"),
+    [("cut", 0), ("recache", 1), ("recache-new-sink", 1), ("recache-causal", 2), ("head-aware", 2)],
+)
 def test_scheduled_switch_changes_context_at_the_chunk_asked_for(tmp_path, mode, extra_passes):
     pipeline = Pipeline.with_standins("tiny", height=64, width=64)
     video = pipeline.preset.video
@@ -155,7 +160,7 @@ def test_recache_equals_rerunning_the_frames_with_the_new_prompt(
         context_a, context_b = model.encode_text(text_a), model.encode_text(text_b)
     policy = make_policy(name, **params)
     cache = KVCache(policy, small_config, *GRID)
-    switcher = PromptSwitcher(model, cache, "recache")
+    switcher = PromptSwitcher(model, cache, "recache-causal")
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
         clean = torch.cat(run_until(model, cache, switcher, context_a, switch_at, generator), 2)
@@ -224,7 +229,13 @@ def episodes(cache):
 @pytest.mark.parametrize("positions", ["relative", "absolute"])
 @pytest.mark.parametrize(
     ("policy_name", "mode"),
-    [("sink", "recache"), ("head_forcing", "recache"), ("head_forcing", "head-aware")],
+    [
+        ("sink", "recache"),
+        ("sink", "recache-causal"),
+        ("head_forcing", "recache"),
+        ("head_forcing", "recache-causal"),
+        ("head_forcing", "head-aware"),
+    ],
 )
 def test_switches_match_naive_attention_over_reported_tokens(
     small_config, positions, policy_name, mode
@@ -251,7 +262,8 @@ def test_switches_match_naive_attention_over_reported_tokens(
                 check_switch(cache, plans[-1], before, keys_before, policy)
             run_until(model, cache, switcher, context[prompt], end, generator)
     checked = check_against_reference(recorder)
-    rerun_chunks = sum(-(-p.rebuilt_frames // 3) for p in plans)
+    # every re-run chunk's commit, or the one-pass re-cache's writes (checked as commits too)
+    rerun_chunks = sum(-(-(p.frame - p.stored_from) // 3) for p in plans)
     assert checked == (12 * 5 + rerun_chunks) * sum(len(groups) for groups in cache.layers)
     if positions == "relative":
         assert cache.max_position < 21
@@ -292,7 +304,7 @@ def test_head_aware_reruns_after_the_memory_recache_reruns_the_window(small_conf
     policy = head_forcing_policy(small_config, "relative")
     (text,) = contexts(small_config, 1)
     plans = {}
-    for mode in ("recache", "head-aware"):
+    for mode in ("recache-causal", "head-aware"):
         cache = KVCache(policy, small_config, *GRID)
         switcher = PromptSwitcher(model, cache, mode)
         with torch.no_grad():
@@ -309,8 +321,8 @@ def test_head_aware_reruns_after_the_memory_recache_reruns_the_window(small_conf
         )
         if mode == "head-aware":
             assert plans[mode].rebuild_from == max(30 - span, memory_end)
-    assert plans["recache"].rebuild_from == 30 - 9
-    assert plans["head-aware"].rebuilt_frames < plans["recache"].rebuilt_frames
+    assert plans["recache-causal"].rebuild_from == 30 - 9
+    assert plans["head-aware"].rebuilt_frames < plans["recache-causal"].rebuilt_frames
 
 
 def test_cut_keeps_every_kv_and_history_is_not_kept(small_config):

@@ -65,3 +65,30 @@ def test_tiny_real_path_writes_a_playable_mp4(tmp_path):
             writer.write(chunk.frames[0])
     frames = read_video(out)
     assert frames.shape == (1 + 4 * 5, 64, 64, 3)
+
+
+def test_a_freed_text_encoder_is_read_again_at_a_prompt_switch(tmp_path):
+    """The 40gb mode's umT5: freed after the first prompt, read again for the second."""
+    from headforcing.schedule import PromptSchedule, PromptSegment
+
+    write_wan_folder(tmp_path / "wan")
+    write_self_forcing_checkpoint(tmp_path / "self_forcing_dmd.pt")
+    files = RealFiles(
+        model="self-forcing", checkpoint=tmp_path / "self_forcing_dmd.pt", wan_dir=tmp_path / "wan"
+    )
+    assert files.text_encoder_shape() == test_umt5.TINY  # read before loading anything
+    model, text_encoder, decoder = load_real_parts(
+        files,
+        CONFIG,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        vae_config=test_wan_vae.TINY_WAN_LAYOUT,
+        keep_text_encoder=False,
+    )
+    pipeline = Pipeline(PRESET, model, text_encoder, decoder)
+    schedule = PromptSchedule(
+        (PromptSegment(0, "a red car runs fast"), PromptSegment(3, "a cat runs"))
+    )
+    chunks = list(pipeline.stream(schedule, 6, make_policy("window")))
+    assert [chunk.prompt for chunk in chunks] == ["a red car runs fast", "a cat runs"]
+    assert not text_encoder.loaded

@@ -242,14 +242,23 @@ def test_encode_rejects_a_bare_string(wan_encoder) -> None:
         wan_encoder.encode("a cat")
 
 
-def test_release_frees_the_encoder(wan_checkpoint, tokenizer_dir) -> None:
+def test_release_frees_the_encoder_and_a_switch_reads_it_again(
+    wan_checkpoint, tokenizer_dir
+) -> None:
     encoder = UMT5TextEncoder.from_wan_files(
         wan_checkpoint, tokenizer_dir, dtype=torch.float32, text_len=8, keep_loaded=False
     )
-    assert encoder.encode(["a cat"]).shape == (1, 8, TINY.dim)
-    with pytest.raises(RuntimeError, match="released"):
-        encoder.encode(["a cat"])
+    first = encoder.encode(["a cat"])
+    assert first.shape == (1, 8, TINY.dim) and not encoder.loaded  # freed after encoding
+    # the next prompt (a switch) reads the weights again from the file, and frees them again
+    assert torch.equal(encoder.encode(["a cat"]), first) and not encoder.loaded
     encoder.release()  # idempotent
+    # without a way to read them again, an encode after a release says so
+    kept = UMT5TextEncoder.from_wan_files(wan_checkpoint, tokenizer_dir, dtype=torch.float32)
+    bare = UMT5TextEncoder(kept._loaded_model(), kept._tokenizer, text_len=8, keep_loaded=False)
+    bare.encode(["a cat"])
+    with pytest.raises(RuntimeError, match="released"):
+        bare.encode(["a cat"])
 
 
 def _diffusers_root(root: Path, tokenizer_dir: Path):

@@ -72,11 +72,20 @@ def reference(vae, latents):
 
 
 @pytest.mark.parametrize(
-    ("chunk_frames", "channels_last"),
-    [((3, 3, 3), False), ((3, 3, 3), True), ((1, 5, 3), False)],
+    ("chunk_frames", "channels_last", "frames_per_call"),
+    [
+        ((3, 3, 3), False, None),
+        ((3, 3, 3), True, None),
+        ((1, 5, 3), False, None),
+        ((3, 3, 3), False, 1),  # the bounded-memory decode of the 16gb mode
+    ],
 )
-def test_streaming_equals_one_shot(vae, latents, reference, chunk_frames, channels_last):
-    decoder = WanVAEDecoder(copy.deepcopy(vae), channels_last=channels_last)
+def test_streaming_equals_one_shot(
+    vae, latents, reference, chunk_frames, channels_last, frames_per_call
+):
+    decoder = WanVAEDecoder(
+        copy.deepcopy(vae), channels_last=channels_last, frames_per_call=frames_per_call
+    )
     pieces = []
     start = 0
     for frames in chunk_frames:

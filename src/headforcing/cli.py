@@ -12,6 +12,7 @@ import itertools
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from headforcing.threads import passive_wait_by_default
@@ -24,6 +25,7 @@ from headforcing.cache.policies import POLICIES, make_policy  # noqa: E402
 from headforcing.io.scale import MIN_DISPLAY_PIXELS  # noqa: E402
 from headforcing.model.config import PRESETS, get_preset  # noqa: E402
 from headforcing.pipeline import COMPILE_MODES  # noqa: E402
+from headforcing.resources import MODE_NAMES  # noqa: E402
 from headforcing.switch import SWITCH_MODES  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -100,8 +102,8 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
     group = parser.add_argument_group("cache policy (docs/policies.md)")
     group.add_argument(
         "--policy",
-        default=default,
-        help=f"one of {', '.join(POLICIES)}, or your own: module:Class or file.py:Class",
+        help=f"one of {', '.join(POLICIES)}, or your own: module:Class or file.py:Class; with "
+        f"--model the base's (sink for longlive, docs/real-models.md) (default: {default})",
     )
     group.add_argument(
         "--window-frames", type=int, help="window/sink: frames attended, chunk included"
@@ -110,9 +112,9 @@ def add_policy_arguments(parser: argparse.ArgumentParser, default: str = "window
     group.add_argument(
         "--positions",
         choices=("absolute", "relative"),
-        default="relative",
-        help="temporal RoPE positions: 'absolute' = Self-Forcing exactly; 'relative' (default) "
-        "lays the kept frames out on consecutive positions so none leaves the trained range",
+        help="temporal RoPE positions: 'absolute' = Self-Forcing exactly; 'relative' lays the "
+        "kept frames out on consecutive positions so none leaves the trained range (default: "
+        "relative; absolute for --model longlive's sink and window, as LongLive runs)",
     )
     heads = parser.add_argument_group("head_forcing (docs/head-forcing.md)")
     heads.add_argument(
@@ -149,15 +151,32 @@ POLICY_PARAMS = (
 )
 
 
+def base_of(args: argparse.Namespace):
+    """The base model ``--model`` names (its sampler, EMA and policy defaults), or ``None``."""
+    from headforcing.bases import get_base
+
+    model = getattr(args, "model", None)
+    return get_base(model) if model else None
+
+
 def policy_from_args(args: argparse.Namespace):
+    from headforcing.bases import base_policy
+
     params = {name: getattr(args, name, None) for name in POLICY_PARAMS}
-    return make_policy(
+    return base_policy(
+        base_of(args),
         args.policy,
         window_frames=args.window_frames,
         sink_frames=args.sink_frames,
         positions=args.positions,
         **params,
     )
+
+
+def switch_from_args(args: argparse.Namespace) -> str | None:
+    """``--switch``, else the base's (``recache`` for LongLive), else ``None``: the policy's."""
+    base = base_of(args)
+    return args.switch or (base.switch if base is not None else None)
 
 
 def head_map_from_args(args: argparse.Namespace, policy):
@@ -257,25 +276,50 @@ def length_from_args(args: argparse.Namespace) -> int:
     return latent_frames_for_seconds(args.seconds, video.fps, stride)
 
 
-def check_memory(args: argparse.Namespace, policy, num_frames: int, device, dtype) -> None:
-    """Refuse a frame size and cache that cannot fit the device (headforcing.resources)."""
-    from headforcing.resources import check_fits, estimate_memory
+def check_memory(
+    args: argparse.Namespace, policy, num_frames: int, device, dtype, prompts=None, head_map=None
+) -> None:
+    """Pick the memory mode of the run, or refuse a frame size and cache that cannot fit the
+    device (headforcing.resources); on CUDA say which mode and the numbers. The plan is kept in
+    ``args.memory_plan`` for the loader."""
+    from headforcing.resources import plan_run
 
     preset = get_preset(args.preset or default_preset(args))
-    video = preset.video
-    height = args.height or video.height
-    width = args.width or video.width
-    span = getattr(policy, "attention_span", None)
-    held = span(video.chunk_frames) if span is not None else None
-    if held is None:  # full keeps everything; head_forcing's budget is about the trained range
-        held = num_frames if policy.name == "full" else video.trained_frames
+    real = bool(getattr(args, "model", None))
+    if head_map is not None:
+        policy = policy.with_head_map(head_map)
+    if args.command == "interactive":  # a prompt can come from the page at any chunk
+        switches = True
+    else:
+        switches = not isinstance(prompts, str) and len(prompts.segments) > 1
+    text_device = getattr(args, "text_device", None)
+    height = args.height or preset.video.height
+    width = args.width or preset.video.width
     scale = 1
     if hasattr(args, "scale"):
         from headforcing.io.scale import display_scale
 
-        scale = display_scale(height, width, args.scale)
-    estimate = estimate_memory(preset, height, width, dtype, min(held, num_frames), scale)
-    check_fits(estimate, device, f"{width}x{height} frames with --policy {policy.name}")
+        scale = display_scale(height, width, args.scale, real_weights=real)
+    plan = plan_run(
+        preset,
+        height,
+        width,
+        dtype,
+        policy,
+        num_frames,
+        device,
+        real_weights=real,
+        text_shape=real_files(args).text_encoder_shape() if real else None,
+        switches=switches,
+        switch_mode=switch_from_args(args) or policy.default_switch,
+        mode=getattr(args, "memory_mode", "auto"),
+        text_device=resolve_device(text_device, "--text-device") if text_device else None,
+        keep_text_encoder=getattr(args, "keep_text_encoder", None),
+        scale=scale,
+    )
+    args.memory_plan = plan
+    if device.type == "cuda":
+        print(plan.line(), file=sys.stderr)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -325,9 +369,10 @@ def add_scale_argument(parser: argparse.ArgumentParser) -> None:
         "--scale",
         type=parse_scale_argument,
         default="auto",
-        help="show each pixel as an N x N block in the video (nearest neighbour); auto: the "
-        f"smallest N that makes the frames at least {MIN_DISPLAY_PIXELS} px (8 for the toy "
-        "model's 32 px, 1 for Wan's)",
+        help="show each pixel as an N x N block in the video (nearest neighbour); auto: 1 for "
+        "real weights (--model) and for frames whose shorter side is at least "
+        f"{MIN_DISPLAY_PIXELS} px, else the smallest N that makes it so (8 for the toy model's "
+        "32 px)",
     )
 
 
@@ -342,22 +387,40 @@ def parse_scale_argument(text: str) -> int | str:
 
 def add_real_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("real weights (docs/real-models.md)")
-    group.add_argument("--model", help="self-forcing, longlive, causvid or diffusers")
+    group.add_argument(
+        "--model",
+        help="self-forcing, causal-forcing, longlive, causvid or diffusers: the base, its "
+        "checkpoint layout and its sampler (docs/real-models.md)",
+    )
     group.add_argument("--checkpoint", type=Path, help="the transformer .pt")
     group.add_argument("--wan-dir", type=Path, help="original Wan2.1-T2V-1.3B folder")
     group.add_argument("--diffusers-dir", type=Path, help="Wan2.1-T2V-1.3B-Diffusers folder")
     group.add_argument("--lora", type=Path, help="LongLive LoRA .pt, merged at load")
     group.add_argument("--lora-alpha", type=float, help="LongLive LoRA alpha (LongLive: 256)")
     group.add_argument(
-        "--no-ema",
-        action="store_true",
-        help="load the 'generator' weights, not 'generator_ema' (LongLive trains its LoRA so)",
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        help="load the 'generator_ema' weights (--ema) or 'generator' (--no-ema); default: what "
+        "the base's authors load (EMA for self-forcing and causvid, not for causal-forcing and "
+        "longlive)",
     )
-    group.add_argument("--text-device", help="device of the umT5 encoder (default: --device)")
+    group.add_argument(
+        "--memory-mode",
+        default="auto",
+        choices=("auto", *MODE_NAMES),
+        help="where umT5 and the VAE's work live (docs/real-models.md, 'GPU memory'): 80gb "
+        "(umT5 on the GPU, kept), 40gb (umT5 on the GPU while it encodes, then freed and read "
+        "again at a prompt switch), 24gb (umT5 on the CPU), 16gb (also the VAE one latent frame "
+        "per call); auto: the most generous one the GPU's free memory holds, said before loading",
+    )
+    group.add_argument(
+        "--text-device", help="device of the umT5 encoder (default: the memory mode's)"
+    )
     group.add_argument(
         "--keep-text-encoder",
-        action="store_true",
-        help="keep umT5 loaded after encoding (default: free it)",
+        action=argparse.BooleanOptionalAction,
+        help="keep umT5 loaded between prompts, or free it after each and read it again at a "
+        "switch (default: the memory mode's)",
     )
 
 
@@ -372,7 +435,7 @@ def real_files(args: argparse.Namespace):
         diffusers_dir=args.diffusers_dir,
         lora=args.lora,
         lora_alpha=args.lora_alpha,
-        use_ema=not args.no_ema,
+        use_ema=args.ema,
     )
 
 
@@ -395,27 +458,59 @@ def load_pipeline(args: argparse.Namespace):
         from headforcing.io.wan_files import load_real_parts
 
         files = real_files(args)
-        text_device = resolve_device(args.text_device) if args.text_device else device
+        mode = memory_mode(args)
+        if args.text_device:
+            text_device = resolve_device(args.text_device, "--text-device")
+        else:
+            text_device = device if mode.text_on_device else torch.device("cpu")
         parts = load_real_parts(
             files,
             preset.model,
             device=device,
             dtype=dtype,
             text_device=text_device,
-            keep_text_encoder=args.keep_text_encoder,
+            keep_text_encoder=mode.keep_text_encoder,
+            decode_frames_per_call=mode.decode_frames_per_call,
         )
         from headforcing.heads.store import fingerprint
 
         weights_id = fingerprint(files.transformer_path)
         if files.lora is not None:
             weights_id += "-" + fingerprint(files.lora)
-        return Pipeline(preset, *parts, height=args.height, width=args.width, weights_id=weights_id)
+        sampler = base_of(args).sampler
+        return Pipeline(
+            preset,
+            *parts,
+            height=args.height,
+            width=args.width,
+            schedule=sampler,
+            weights_id=weights_id,
+            real_weights=True,
+        )
     if preset.name == "toy" and not args.random_weights:
         return toy_pipeline(args, device, dtype)
     check_weights_given(args)
     return Pipeline.with_standins(
         preset.name, device=device, dtype=dtype, height=args.height, width=args.width
     )
+
+
+def memory_mode(args: argparse.Namespace):
+    """The memory mode the plan picked (headforcing.resources), else ``--memory-mode`` (auto:
+    40gb, umT5 on the GPU while it encodes, for commands that plan nothing), with the user's
+    ``--keep-text-encoder``."""
+    import dataclasses
+
+    from headforcing.resources import get_mode
+
+    plan = getattr(args, "memory_plan", None)
+    if plan is not None:
+        return plan.mode
+    name = getattr(args, "memory_mode", "auto")
+    mode = get_mode("40gb" if name == "auto" else name)
+    if getattr(args, "keep_text_encoder", None) is not None:
+        mode = dataclasses.replace(mode, keep_text_encoder=args.keep_text_encoder)
+    return mode
 
 
 def check_weights_given(args: argparse.Namespace) -> None:
@@ -501,10 +596,13 @@ def add_switch_argument(group) -> None:
         "--switch",
         choices=SWITCH_MODES,
         default=None,
-        help="what a prompt switch does to the KV cache: cut (keep it), recache (LongLive: "
-        "re-run the window with the new prompt, sink kept), head-aware (recache, but memory "
-        "heads keep their episodes), flush (Infinity-RoPE: keep the sink and the last 2 frames, "
-        "re-run nothing). Default: the policy's (flush for infinity_rope, else head-aware)",
+        help="what a prompt switch does to the KV cache (docs/prompts.md): cut (keep it), "
+        "recache (LongLive's re-cache, global_sink true: the window re-run with the new prompt "
+        "in one pass, the sink kept), recache-new-sink (the same, global_sink false: the sink "
+        "rewritten), recache-causal (the window re-run chunk by chunk, causally), head-aware "
+        "(recache-causal, but memory heads keep their episodes), flush (Infinity-RoPE: keep the "
+        "sink and the last 2 frames, re-run nothing). Default: the policy's (flush for "
+        "infinity_rope, else head-aware; recache with --model longlive)",
     )
 
 
@@ -562,7 +660,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     prompts = prompts_from_args(args)
     policy = policy_from_args(args)
     head_map = head_map_from_args(args, policy)
-    check_memory(args, policy, num_frames, device, dtype)
+    check_memory(args, policy, num_frames, device, dtype, prompts, head_map)
     if args.parallel == "heads":
         return generate_by_heads(args, out, device, num_frames, prompts, policy, head_map)
     print("loading the model", file=sys.stderr, flush=True)
@@ -585,9 +683,14 @@ def write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, on_h
             policy,
             seed=args.seed,
             on_head_map=on_head_map,
-            switch=args.switch,
+            switch=switch_from_args(args),
             write=write,
         )
+
+    def speed(frames: int, dit_seconds: float, wall_seconds: float) -> str:
+        from headforcing.speed import run_speed
+
+        return run_speed(pipeline, frames, dit_seconds, wall_seconds).line()
 
     return write_stream(
         stream,
@@ -595,7 +698,10 @@ def write_pipeline_stream(args, pipeline, out, prompts, num_frames, policy, on_h
         pipeline.preset.video.fps,
         num_frames,
         args.overwrite,
-        scale=display_scale(pipeline.height, pipeline.width, args.scale),
+        speed=speed,
+        scale=display_scale(
+            pipeline.height, pipeline.width, args.scale, real_weights=pipeline.real_weights
+        ),
         metadata=run_metadata(pipeline, prompts, args.seed, policy, num_frames),
     )
 
@@ -627,7 +733,8 @@ def describe_run(args, pipeline, policy, head_map_source: str, num_frames: int, 
             print(f"note: {note}", file=sys.stderr)
         starts = ", ".join(str(segment.start) for segment in prompts.segments)
         print(
-            f"{len(prompts.segments)} prompts from latent frames {starts}; switch: {args.switch}",
+            f"{len(prompts.segments)} prompts from latent frames {starts}; switch: "
+            f"{switch_from_args(args) or policy.default_switch}",
             file=sys.stderr,
         )
 
@@ -670,7 +777,8 @@ def generate_by_heads(args, out: Path, device, num_frames: int, prompts, policy,
             cache_bytes = parallel.cache_bytes
         else:  # the same passes, no decoding
             cache = pipeline.new_cache(policy)
-            for _ in pipeline.generate_latents(prompts, num_frames, cache, args.seed, args.switch):
+            switch = switch_from_args(args)
+            for _ in pipeline.generate_latents(prompts, num_frames, cache, args.seed, switch):
                 pass
             status, cache_bytes = 0, cache.bytes_held()
         print(f"rank {world.rank}: K/V held {cache_bytes / 2**20:.2f} MiB", file=sys.stderr)
@@ -702,6 +810,11 @@ def batch_policy(args: argparse.Namespace, name: str):
 
     fields = policy_class(name).__dataclass_fields__  # unknown: the error lists valid names
     params = {key: getattr(args, key) for key in BATCH_POLICY_PARAMS if key in fields}
+    base = base_of(args)
+    if base is not None:  # the base's defaults, as generate uses them
+        from headforcing.bases import base_policy
+
+        return base_policy(base, name, **params)
     return make_policy(name, **params)
 
 
@@ -802,7 +915,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             "width": pipeline.width,
             "fps": video.fps,
             "dtype": dtype_name,
-            "switch": args.switch,
+            "switch": switch_from_args(args),
             "ranks": world.size,
         }
         if world.is_main:
@@ -818,7 +931,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
             out_dir,
             world,
             settings,
-            args.switch,
+            switch_from_args(args),
             args.scale,
             args.overwrite,
         )
@@ -841,8 +954,11 @@ def write_stream(
     overwrite: bool,
     scale: int = 1,
     metadata: dict | None = None,
+    speed: Callable[[int, float, float], str] | None = None,
 ) -> int:
     """Write the chunks of ``make_stream(write)`` to ``out`` as they come; the exit status.
+
+    ``speed(frames, dit_seconds, wall_seconds)``: the last line printed (headforcing.speed).
 
     The stream writes each chunk in its worker thread (beside the next chunk's generation),
     which signals never interrupt; the stream finishes the chunk in its worker however it
@@ -860,10 +976,13 @@ def write_stream(
     stop = None
     complete = False
     stream = make_stream(lambda chunk: writer.write(chunk.frames[0]))
+    dit_seconds, first_started = 0.0, None
     try:
         last_prompt = None
         written = 0
         for chunk in stream:
+            dit_seconds += chunk.dit_seconds
+            first_started = first_started or chunk.started_at
             if last_prompt is not None and chunk.prompt != last_prompt:
                 progress.note(f"latent frame {chunk.first_frame}: {chunk.prompt!r}")
             last_prompt = chunk.prompt
@@ -907,8 +1026,9 @@ def write_stream(
             "and --overwrite replaces it)",
             file=sys.stderr,
         )
-        return exit_code(stop)
-    return 0
+    if speed is not None and first_started is not None:
+        print(speed(frames, dit_seconds, time.perf_counter() - first_started), file=sys.stderr)
+    return 0 if stop is None else exit_code(stop)
 
 
 class ChunkProgress:
@@ -964,7 +1084,7 @@ def cmd_interactive(args: argparse.Namespace) -> int:
     num_frames = length_from_args(args)
     policy = policy_from_args(args)
     head_map = head_map_from_args(args, policy)
-    check_memory(args, policy, num_frames, device, dtype)
+    check_memory(args, policy, num_frames, device, dtype, args.prompt, head_map)
     server = LiveServer.bind(args.port)
     try:
         pipeline = build_pipeline(args)
@@ -977,12 +1097,14 @@ def cmd_interactive(args: argparse.Namespace) -> int:
             num_frames,
             out,
             seed=args.seed,
-            switch=args.switch,
+            switch=switch_from_args(args),
             pace=not args.no_pace,
             overwrite=args.overwrite,
             on_head_map=lambda head_map: store_map(head_map, pipeline.weights_id),
             check_prompt=lambda prompt: check_loaded_prompts(pipeline, prompt, where=None),
-            scale=display_scale(pipeline.height, pipeline.width, args.scale),
+            scale=display_scale(
+                pipeline.height, pipeline.width, args.scale, real_weights=pipeline.real_weights
+            ),
             metadata=run_metadata(pipeline, args.prompt, args.seed, policy, num_frames),
         )
     except BaseException:
@@ -1046,6 +1168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         bench_policy,
         estimated_full_bytes,
         format_table,
+        with_decode,
         write_json,
     )
 
@@ -1071,6 +1194,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device, dtype = pipeline.model.device, pipeline.model.dtype
         pipeline.decoder = WanVAEDecoder(AutoencoderKLWan(), device=device, dtype=dtype)
     device = pipeline.model.device
+    video = pipeline.preset.video
+    pixel_frames = video.chunk_frames * video.vae_stride[0]
+    decode_ms = bench_decode(pipeline, timed_chunks=args.chunks)  # every row says both rates
     rows, head_map = [], None
     for name in args.policies:
         policy = make_policy(name, positions=args.positions)
@@ -1088,26 +1214,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         BenchRow(policy.describe(), seconds, frames, 0, 0, 0, 0, 0, note=note)
                     )
                     continue
-            rows.append(bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks))
+            row = bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks)
+            rows.append(with_decode(row, decode_ms, pixel_frames))
             row = rows[-1]
             print(
                 f"{row.policy:>28} {seconds:>5g} s: {row.ms_per_chunk:8.1f} ms/chunk, "
+                f"{row.frames_per_second:.1f} frames/s DiT only, "
+                f"{row.end_to_end_frames_per_second:.1f} end to end (decode beside), "
                 f"{row.syncs_per_chunk} host reads/chunk",
                 file=sys.stderr,
             )
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
-    else:
-        device_name = f"CPU, {torch.get_num_threads()} threads"
+    from headforcing.speed import device_name
+
     dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
     title = (
-        f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, {device_name}"
+        f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, "
+        f"{device_name(device)}"
     )
-    decode_ms = bench_decode(pipeline, timed_chunks=args.chunks)
-    window = pipeline.preset.video.trained_frames - pipeline.preset.video.chunk_frames
+    window = video.trained_frames - video.chunk_frames
     plain_ms = bench_plain_pass(pipeline, window)
-    video = pipeline.preset.video
-    print(format_table(rows, title, decode_ms, video.chunk_frames * video.vae_stride[0]))
+    print(format_table(rows, title, decode_ms, pixel_frames))
     print(
         f"\nreference: a plain-SDPA pass over {window} context frames + the chunk (no RoPE, no "
         f"cache): {plain_ms:.1f} ms; compare with the window rows' ms/pass"

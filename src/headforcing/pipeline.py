@@ -8,6 +8,7 @@ denoise, commit the clean K/V, decode.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -25,6 +26,7 @@ from headforcing.io.text import HashedTextEncoder, TextEncoder
 from headforcing.model import Preset, WanModel, get_preset
 from headforcing.sampling import FlowSchedule, LatentChunk, generate_chunks
 from headforcing.schedule import PromptSchedule, PromptSource
+from headforcing.speed import Span, mark
 from headforcing.switch import PromptSwitcher
 
 # torch.compile modes of ``--compile``: reduce-overhead replays each pass as a CUDA graph
@@ -36,7 +38,8 @@ SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
 @dataclass(frozen=True)
 class VideoChunk:
     """One finished chunk: latents ``[B, C, F, h, w]``, frames ``[B, F_pix, H, W, 3]`` uint8,
-    the cache's state after committing it, and the prompt that drove it."""
+    the cache's state after committing it, the prompt that drove it, the seconds of the
+    transformer's work on it (:mod:`headforcing.speed`) and the host's clock when that began."""
 
     first_frame: int
     latents: torch.Tensor
@@ -44,6 +47,8 @@ class VideoChunk:
     kv_bytes: int
     max_position: int
     prompt: str = ""
+    dit_seconds: float = 0.0
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,9 @@ class Pipeline:
     head_map:
         A head map that comes with the weights (the toy model ships one): ``head_forcing`` runs
         use it when no map is given or stored, instead of profiling one before the run.
+    real_weights:
+        The networks are a real model's (``--model``), not a built-in small or random one:
+        its videos are written at the size they are made (``--scale auto`` is 1).
     """
 
     def __init__(
@@ -132,8 +140,10 @@ class Pipeline:
         schedule: FlowSchedule | None = None,
         weights_id: str = "unnamed",
         head_map: HeadMap | None = None,
+        real_weights: bool = False,
     ) -> None:
         self.preset = preset
+        self.real_weights = real_weights
         self.weights_id = weights_id
         self.head_map = head_map
         self.model = model
@@ -285,6 +295,7 @@ class Pipeline:
             keep_history=not fixed or len(prompt.segments) > 1,
         )
         generator = torch.Generator().manual_seed(seed)
+        device = self.model.device
         text = context = None
         while cache.frames_done < num_frames:
             # inference mode for the work, never across a yield: a consumer interleaving two
@@ -292,8 +303,12 @@ class Pipeline:
             with torch.inference_mode():
                 # the prompt can only change here, between two chunks
                 asked = prompt.prompt_at(cache.frames_done)
-                if asked != text:
+                switching = asked != text
+                if switching:
                     context = self.model.encode_text(self.text_encoder.encode([asked]))
+                # the transformer's work on this chunk: a re-cache, the passes
+                began, start = time.perf_counter(), mark(device)
+                if switching:
                     if text is not None:
                         switcher.apply(context)
                     text = asked
@@ -302,8 +317,9 @@ class Pipeline:
                 (chunk,) = generate_chunks(
                     runner, cache, context, end, self.latent_shape, generator, self.schedule
                 )
+                span = Span(start, mark(device), began)
                 switcher.remember(chunk)
-            yield replace(chunk, prompt=text)
+            yield replace(chunk, prompt=text, span=span)
 
     def generate(
         self,
@@ -386,7 +402,14 @@ class Pipeline:
                 frames = self.decoder.decode_chunk(chunk.latents)
                 position = int(max_position)
             decoded = VideoChunk(
-                chunk.first_frame, chunk.latents, frames, kv_bytes, position, chunk.prompt
+                chunk.first_frame,
+                chunk.latents,
+                frames,
+                kv_bytes,
+                position,
+                chunk.prompt,
+                dit_seconds=chunk.span.seconds(),
+                started_at=chunk.span.began,
             )
             if write is not None:
                 write(decoded)

@@ -1,64 +1,393 @@
-"""Will a run fit? A memory estimate made from the preset, the frame size and the cache policy,
-checked against the device's free memory before any weights or buffers are allocated.
+"""Will a run fit, and how? The memory of a run, estimated before anything loads, and the
+memory mode that makes it fit the card.
 
-The estimate is a lower bound of the peak, not an exact figure: the weights, the K/V a policy
-holds (stored keys, keys rotated for the chunk, values), one chunk's activations, and the
-decoded chunk on its way to the encoder (measured on CPU with the ``tiny`` preset at about
-48 bytes per output pixel, float32 frames and their copies included). A run it refuses cannot
-fit; a run it lets through may still run out of memory on a device shared with others.
+A **memory mode** says where the big parts live (:data:`MEMORY_MODES`, one per card size it is
+made for):
+
+``80gb``
+    Everything on the GPU; the umT5 encoder stays loaded, so a prompt switch costs no reload.
+``40gb``
+    umT5 on the GPU only while it encodes: freed after every prompt, read again (memory-mapped)
+    at a prompt switch.
+``24gb``
+    umT5 on the CPU (bf16 when the run is bf16, the precision of its file): the GPU never holds
+    it; a prompt is encoded on the CPU in a few seconds.
+``16gb``
+    As ``24gb``, and the VAE decodes one latent frame per call instead of a whole chunk: the
+    same pixels, in bounded memory (the decoder's transient peak grows with the frames of a
+    call).
+
+Every mode runs the transformer and the VAE in the run's dtype (bf16 on CUDA), norms and
+modulation in float32. With ``auto`` the most generous mode whose estimate fits the device's
+free memory is picked, and the run is refused (one line, with the numbers) when none does.
+
+The estimate counts the tensors a run allocates, from the configs' shapes alone:
+
+- **weights**: the transformer (its float32 norms and modulation included), umT5 when the mode
+  puts it on the GPU, the VAE's decoder;
+- **K/V**: every head group's buffers as the cache allocates them for the policy at the
+  requested length (keys, values, raw temporal bands, token ids, importance; a ring grows by
+  doubling up to its bound, ``full``'s without one);
+- **activations**: the peak of one DiT pass, inside the FFN (its hidden layer and GELU output in
+  the model's dtype, the float32 residual stream and normalised input), and, for a run that can
+  switch prompts with a one-pass re-cache, that pass over the re-run frames and the K/V it holds
+  until they are stored;
+- **decoder**: the Wan VAE's causal cache (kept between calls) and the transient peak of one
+  decoder call, both proportional to the pixels (counted on the meta device; the decoder runs
+  beside the DiT, so the two peaks add).
+
+The peak is the larger of generating (all of the above) and encoding a prompt (weights, K/V
+and umT5 on the GPU; at a prompt switch also the decoder, which works on the chunk before).
+Checked against the bytes of the real modules built on the meta device (tests/
+test_resources.py). It is a count of tensors: the CUDA caching allocator's fragmentation and
+kernel workspaces come on top, which the share of free memory a plan may use
+(:data:`USABLE_SHARE`) leaves room for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 import torch
 
-from headforcing.model.config import Preset
+from headforcing.cache.policy import CachePolicy, HeadMapPolicy
+from headforcing.cache.store import RING_START_FRAMES
+from headforcing.model.config import Preset, WanConfig
+from headforcing.model.rope import band_sizes
 
-# bytes per pixel of a decoded chunk, from float32 frames to the encoder's input (measured)
-DECODE_BYTES_PER_PIXEL = 48
+GIB = 2**30
 # bytes per written pixel of a chunk upscaled for display (--scale): two uint8 RGB copies
 UPSCALED_BYTES_PER_PIXEL = 6
 # share of the free memory a run may plan to use
 USABLE_SHARE = 0.9
+# bytes per pixel of a decoded chunk, from float32 frames to the encoder's input (measured on
+# CPU with the ``tiny`` preset's preview decoder, float32 frames and their copies included)
+DECODE_BYTES_PER_PIXEL = 48
+
+# The Wan2.1 VAE's decoder half (diffusers AutoencoderKLWan's ``decoder`` and
+# ``post_quant_conv``; the encoder half is never moved to the GPU)
+WAN_VAE_DECODER_PARAMETERS = 73_295_603
+# Its memory per output pixel (height x width), counted on the meta device at 240x416 and
+# 480x832 (the same per pixel): the causal cache of every causal convolution (the last input
+# frames, kept between calls) and, per video frame a call makes, the transient peak above it.
+# Keyed by the element size of the decoder's dtype (bf16/fp16: 2, float32: 4).
+WAN_VAE_CACHE_BYTES_PER_PIXEL = {2: 4729.0, 4: 10632.8}
+WAN_VAE_CALL_BYTES_PER_PIXEL_FRAME = {2: 1348.1, 4: 2206.4}
+
+# the one-pass re-cache modes of headforcing.switch (imported there; a string here keeps this
+# module free of the model code)
+ONE_PASS_SWITCHES = ("recache", "recache-new-sink")
+
+
+@dataclass(frozen=True)
+class MemoryMode:
+    """Where the big parts of a run live (see the module docstring).
+
+    ``text_on_device``: umT5 on the run's GPU (else the CPU); ``keep_text_encoder``: kept loaded
+    between prompts (else freed after each and read again at a switch);
+    ``decode_frames_per_call``: latent frames per VAE decoder call (``None``: a whole chunk).
+    """
+
+    name: str
+    card_gib: int
+    text_on_device: bool
+    keep_text_encoder: bool
+    decode_frames_per_call: int | None
+    summary: str
+
+
+MEMORY_MODES: tuple[MemoryMode, ...] = (
+    MemoryMode("80gb", 80, True, True, None, "umT5 on the GPU, kept loaded"),
+    MemoryMode("40gb", 40, True, False, None, "umT5 on the GPU while it encodes, then freed"),
+    MemoryMode("24gb", 24, False, True, None, "umT5 on the CPU"),
+    MemoryMode("16gb", 16, False, True, 1, "umT5 on the CPU, the VAE one latent frame per call"),
+)
+MODE_NAMES = tuple(mode.name for mode in MEMORY_MODES)
+
+
+def get_mode(name: str) -> MemoryMode:
+    for mode in MEMORY_MODES:
+        if mode.name == name:
+            return mode
+    raise ValueError(f"--memory-mode {name!r}: give auto or one of {', '.join(MODE_NAMES)}")
 
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    weights: int
+    """Bytes of a run's tensors on its device, by part (see the module docstring)."""
+
+    transformer: int
+    text_encoder: int  # on the device while it encodes (0 when on the CPU)
+    text_resident: bool  # whether it stays there while the video is generated
+    decoder_weights: int
     kv: int
     activations: int
-    decode: int
+    decoder: int
+    policy: str = ""
+    # prompts can switch: the text encoder, read again at a switch, meets the decoder at work
+    switches: bool = False
+
+    @property
+    def weights(self) -> int:
+        return self.transformer + self.text_encoder + self.decoder_weights
+
+    @property
+    def generating(self) -> int:
+        resident = self.transformer + self.decoder_weights + self.kv
+        text = self.text_encoder if self.text_resident else 0
+        return resident + text + self.activations + self.decoder
+
+    @property
+    def encoding(self) -> int:
+        """Encoding a prompt: the first before any decoding, a later one (a switch, with the
+        encoder read again) while the decoder works on the chunk before it."""
+        encoding = self.transformer + self.decoder_weights + self.kv + self.text_encoder
+        if self.switches and not self.text_resident:
+            encoding += self.decoder
+        return encoding
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv + self.activations + self.decode
+        """The peak: generating or encoding a prompt, whichever is larger."""
+        return max(self.generating, self.encoding)
+
+    def parts(self) -> str:
+        text = ""
+        if self.text_encoder:
+            when = "" if self.text_resident else " while it encodes"
+            text = f"umT5 {self.text_encoder / GIB:.1f}{when}, "
+        return (
+            f"transformer {self.transformer / GIB:.1f}, {text}VAE {self.decoder_weights / GIB:.2f}"
+            f", K/V {self.kv / GIB:.1f} ({self.policy}), activations "
+            f"{self.activations / GIB:.2f}, decoder {self.decoder / GIB:.1f}"
+        )
 
 
-def estimate_memory(
-    preset: Preset, height: int, width: int, dtype: torch.dtype, held_frames: int, scale: int = 1
-) -> MemoryEstimate:
-    """Bytes a run of ``preset`` at ``height x width`` needs with ``held_frames`` latent frames of
-    K/V kept per layer, its frames written at ``scale`` x ``scale`` pixels per pixel."""
-    config, video = preset.model, preset.video
-    element = torch.finfo(dtype).bits // 8
-    _, patch_h, patch_w = config.patch_size
-    tokens_per_frame = (height // video.vae_stride[1] // patch_h) * (
-        width // video.vae_stride[2] // patch_w
+# ---------------------------------------------------------------------------------- the parts
+
+
+def element_size(dtype: torch.dtype) -> int:
+    return torch.finfo(dtype).bits // 8
+
+
+def transformer_bytes(config: WanConfig, dtype: torch.dtype) -> int:
+    """Bytes of the transformer's parameters: every linear, norm and embedding, with the time
+    embedding, the modulation and ``norm3`` in float32 (as :meth:`WanModel.set_dtype`)."""
+    dim, ffn = config.dim, config.ffn_dim
+    patch = config.patch_size[0] * config.patch_size[1] * config.patch_size[2]
+
+    def linear(inputs: int, outputs: int) -> int:
+        return inputs * outputs + outputs
+
+    attention = 4 * linear(dim, dim) + 2 * dim  # q, k, v, o and the q/k RMS norms
+    block = 2 * attention + linear(dim, ffn) + linear(ffn, dim)
+    main = (
+        config.num_layers * block
+        + config.in_channels * patch * dim
+        + dim  # patch embedding
+        + linear(config.text_dim, dim)
+        + linear(dim, dim)  # text embedding
+        + linear(dim, config.out_channels * patch)  # head
     )
-    chunk_tokens = video.chunk_frames * tokens_per_frame
-    block = 8 * config.dim**2 + 2 * config.dim * config.ffn_dim  # self/cross attention, FFN
-    weights = config.num_layers * block * element
-    kv_tokens = (held_frames + video.chunk_frames) * tokens_per_frame
-    kv = 3 * config.num_layers * kv_tokens * config.dim * element
-    activations = 4 * chunk_tokens * (config.ffn_dim + 4 * config.dim)  # float32 at the peak
-    pixels = video.chunk_frames * video.vae_stride[0] * height * width
-    decode = DECODE_BYTES_PER_PIXEL * pixels
-    if scale > 1:
-        decode += UPSCALED_BYTES_PER_PIXEL * pixels * scale**2
-    return MemoryEstimate(weights, kv, activations, decode)
+    float32 = (
+        config.num_layers * (6 * dim + 2 * dim)  # modulation, norm3
+        + linear(config.freq_dim, dim)
+        + linear(dim, dim)  # time embedding
+        + linear(dim, 6 * dim)  # time projection
+        + 2 * dim  # head modulation
+    )
+    return main * element_size(dtype) + float32 * 4
+
+
+def umt5_bytes(shape, dtype: torch.dtype) -> int:
+    """Bytes of a umT5 encoder (:class:`headforcing.io.umt5.UMT5Shape`): embedding, per layer
+    attention (q, k, v, o), gated FFN (two inputs, one output), two RMS norms and its own
+    relative-position table, and the final norm."""
+    layer = (
+        4 * shape.dim * shape.dim_attn
+        + 3 * shape.dim * shape.dim_ffn
+        + 2 * shape.dim
+        + shape.num_buckets * shape.num_heads
+    )
+    parameters = shape.vocab_size * shape.dim + shape.num_layers * layer + shape.dim
+    return parameters * element_size(dtype)
+
+
+def ring_frames(retention, chunk_frames: int, num_frames: int) -> int:
+    """Frame slots of a group's ring at ``num_frames`` (it grows by doubling, up to its bound)."""
+    bound = None if retention.recent_frames is None else retention.recent_frames + chunk_frames
+    needed = max(num_frames - retention.sink_frames, 0)
+    size = min(bound or RING_START_FRAMES, RING_START_FRAMES)
+    while size < needed and (bound is None or size < bound):
+        size *= 2
+    return min(size, bound) if bound is not None else size
+
+
+def kv_bytes(
+    policy: CachePolicy,
+    config: WanConfig,
+    tokens_per_frame: int,
+    chunk_frames: int,
+    num_frames: int,
+    dtype: torch.dtype,
+) -> int:
+    """Bytes the cache holds for ``policy`` once ``num_frames`` latent frames are made."""
+    element = element_size(dtype)
+    band = band_sizes(config.head_dim)[0]
+    total = 0
+    for layer in range(config.num_layers):
+        for spec in policy.head_groups(layer, config.num_heads, chunk_frames):
+            rule, heads = spec.rule, len(spec.heads)
+            memory = rule.memory.capacity(tokens_per_frame) if rule.memory is not None else 0
+            replaced = rule.sink_frames * tokens_per_frame + memory
+            ring = ring_frames(rule, chunk_frames, num_frames) * tokens_per_frame
+            capacity = replaced + ring
+            total += 2 * heads * capacity * config.head_dim * element  # keys, values
+            total += capacity * 4  # token ids
+            if rule.memory is not None and rule.memory.importance_decay is not None:
+                total += capacity * 4
+            if rule.positions == "relative" and replaced:
+                total += heads * replaced * band * element  # raw temporal bands
+    return total
+
+
+def pass_bytes(config: WanConfig, tokens: int, dtype: torch.dtype) -> int:
+    """Peak activations of one DiT pass over ``tokens`` tokens: inside the FFN, its hidden layer
+    and GELU output (model dtype), the float32 residual stream and normalised input and the
+    latter's cast to the model dtype."""
+    element = element_size(dtype)
+    return tokens * (2 * config.ffn_dim * element + config.dim * (8 + element))
+
+
+def context_bytes(config: WanConfig, dtype: torch.dtype) -> int:
+    """The prompt's cross-attention keys and values of every layer."""
+    return 2 * config.num_layers * config.text_len * config.dim * element_size(dtype)
+
+
+def wan_vae_decode_bytes(height: int, width: int, frames_per_call: int, dtype) -> int:
+    """The Wan VAE decoder's causal cache and one call's transient peak, ``frames_per_call``
+    latent frames a call (4 video frames each)."""
+    element = element_size(dtype)
+    pixels = height * width
+    cache = WAN_VAE_CACHE_BYTES_PER_PIXEL[element]
+    call = WAN_VAE_CALL_BYTES_PER_PIXEL_FRAME[element] * 4 * frames_per_call
+    return round(pixels * (cache + call))
+
+
+def attention_frames(
+    policy: CachePolicy, config: WanConfig, chunk_frames: int, num_frames: int
+) -> int:
+    """Frames a re-cache re-runs: the widest span of any group (chunk and sink included), at
+    most the frames made."""
+    spans = [
+        spec.rule.attention_span(chunk_frames)
+        for layer in range(config.num_layers)
+        for spec in policy.head_groups(layer, config.num_heads, chunk_frames)
+    ]
+    return num_frames if None in spans else min(max(spans), num_frames)
+
+
+def recache_bytes(
+    policy: CachePolicy,
+    config: WanConfig,
+    tokens_per_frame: int,
+    chunk_frames: int,
+    num_frames: int,
+    dtype: torch.dtype,
+) -> int:
+    """A one-pass re-cache's transient: its pass over the re-run frames and their K/V (and q,
+    for memories that score by attention) of every layer, held until they are stored."""
+    frames = attention_frames(policy, config, chunk_frames, num_frames)
+    scored = any(
+        spec.rule.memory is not None and spec.rule.memory.importance_decay is not None
+        for layer in range(config.num_layers)
+        for spec in policy.head_groups(layer, config.num_heads, chunk_frames)
+    )
+    tokens = frames * tokens_per_frame
+    held = (3 if scored else 2) * config.num_layers * tokens * config.dim * element_size(dtype)
+    return pass_bytes(config, tokens, dtype) + held
+
+
+# ------------------------------------------------------------------------------- the estimate
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What a run will hold: the preset at a frame size, the policy and length, the dtype,
+    whether it can switch prompts and with which switch mode."""
+
+    preset: Preset
+    height: int
+    width: int
+    dtype: torch.dtype
+    policy: CachePolicy
+    num_frames: int
+    switches: bool = False
+    switch_mode: str | None = None
+    # real weights: the umT5 encoder's shape (headforcing.io.umt5.UMT5Shape) and dtype, and
+    # the Wan VAE (else the preset's stand-ins: hashed text, the linear preview decoder)
+    text_shape: object = None
+    text_dtype: torch.dtype = torch.bfloat16
+    wan_vae: bool = False
+    # the frames written at scale x scale pixels per pixel (--scale)
+    scale: int = 1
+
+    @property
+    def tokens_per_frame(self) -> int:
+        video, (_, patch_h, patch_w) = self.preset.video, self.preset.model.patch_size
+        return (self.height // video.vae_stride[1] // patch_h) * (
+            self.width // video.vae_stride[2] // patch_w
+        )
+
+
+def estimate_memory(run: RunShape, mode: MemoryMode = MEMORY_MODES[0]) -> MemoryEstimate:
+    """The bytes ``run`` needs on its device in ``mode``."""
+    config, video = run.preset.model, run.preset.video
+    chunk, tokens = video.chunk_frames, run.tokens_per_frame
+    policy = run.policy
+    if isinstance(policy, HeadMapPolicy) and policy.head_map is None:
+        # no map yet (profiled at the start of the run): every head within the trained range
+        from headforcing.cache.policies import WindowPolicy
+
+        policy = WindowPolicy(window_frames=video.trained_frames, positions=policy.positions)
+    kv = kv_bytes(policy, config, tokens, chunk, run.num_frames, run.dtype)
+
+    activations = pass_bytes(config, chunk * tokens, run.dtype)
+    if run.switches and run.switch_mode in ONE_PASS_SWITCHES:
+        recache = recache_bytes(policy, config, tokens, chunk, run.num_frames, run.dtype)
+        activations = max(activations, recache)
+    activations += context_bytes(config, run.dtype)
+
+    if run.wan_vae:
+        decoder_weights = WAN_VAE_DECODER_PARAMETERS * element_size(run.dtype)
+        frames = mode.decode_frames_per_call or chunk
+        decoder = wan_vae_decode_bytes(run.height, run.width, frames, run.dtype)
+    else:
+        decoder_weights = 0
+        pixels = chunk * video.vae_stride[0] * run.height * run.width
+        decoder = DECODE_BYTES_PER_PIXEL * pixels
+    if run.scale > 1:
+        pixels = chunk * video.vae_stride[0] * run.height * run.width
+        decoder += UPSCALED_BYTES_PER_PIXEL * pixels * run.scale**2
+    text = 0
+    if run.text_shape is not None and mode.text_on_device:
+        text = umt5_bytes(run.text_shape, run.text_dtype)
+    return MemoryEstimate(
+        transformer=transformer_bytes(config, run.dtype),
+        text_encoder=text,
+        text_resident=mode.keep_text_encoder,
+        decoder_weights=decoder_weights,
+        kv=kv,
+        activations=activations,
+        decoder=decoder,
+        policy=run.policy.describe(),
+        switches=run.switches,
+    )
+
+
+# ------------------------------------------------------------------------------ the decision
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -79,16 +408,122 @@ def free_memory(device: torch.device) -> int | None:
         return None
 
 
-def check_fits(estimate: MemoryEstimate, device: torch.device, what: str) -> None:
-    """Raise ValueError when ``estimate`` exceeds the usable share of ``device``'s free memory."""
-    free = free_memory(device)
-    if free is None or estimate.total <= USABLE_SHARE * free:
-        return
-    gib = 2**30
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The mode a run takes on its device, with its estimate and the free memory it saw."""
+
+    mode: MemoryMode
+    estimate: MemoryEstimate
+    device: str
+    free: int | None
+
+    def line(self) -> str:
+        free = "free memory unknown" if self.free is None else f"{self.free / GIB:.1f} GiB free"
+        estimate = self.estimate
+        return (
+            f"memory: mode {self.mode.name} ({self.mode.summary}) on {self.device}, {free}: peak "
+            f"about {estimate.total / GIB:.1f} GiB (generating {estimate.generating / GIB:.1f}, "
+            f"encoding a prompt {estimate.encoding / GIB:.1f}): {estimate.parts()}"
+        )
+
+
+def plan_memory(
+    run: RunShape,
+    device: torch.device,
+    mode: str = "auto",
+    *,
+    free: int | None = None,
+    device_name: str | None = None,
+    text_on_device: bool | None = None,
+    keep_text_encoder: bool | None = None,
+) -> MemoryPlan:
+    """The memory mode of ``run`` on ``device``: ``mode``, or with ``auto`` the most generous
+    one whose estimate fits the usable share of the free memory (``free``: the device's, read
+    now, unless given). ``text_on_device`` and ``keep_text_encoder``, when given (the user's
+    ``--text-device`` and ``--keep-text-encoder``), override every mode's.
+
+    Raises
+    ------
+    ValueError
+        One line with the numbers, when the mode asked for (or, with ``auto``, the leanest one)
+        does not fit.
+    """
+    free = free_memory(device) if free is None else free
+    name = device_name or str(device)
+    candidates = MEMORY_MODES if mode == "auto" else (get_mode(mode),)
+    if device.type != "cuda" and mode == "auto":
+        # one memory for all, the CPU's: umT5 held only while it encodes, as the 40gb mode
+        candidates = (get_mode("40gb"),)
+    overrides = {"text_on_device": text_on_device, "keep_text_encoder": keep_text_encoder}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    candidates = tuple(dataclasses.replace(candidate, **overrides) for candidate in candidates)
+    for candidate in candidates:
+        estimate = estimate_memory(run, candidate)
+        if free is None or estimate.total <= USABLE_SHARE * free:
+            return MemoryPlan(candidate, estimate, name, free)
+    what = f"{run.width}x{run.height} frames, {run.num_frames} latent frames with {run.policy.name}"
+    if mode == "auto" and device.type == "cuda":
+        lead = f"no memory mode fits {what} on {name}: the leanest, {candidate.name},"
+    elif mode == "auto":
+        lead = f"{what}"
+    else:
+        lead = f"--memory-mode {candidate.name} with {what}"
+    fix = "make the frames smaller (--height/--width), keep fewer frames (--policy window, "
+    fix += "--window-frames) or use a larger device"
+    if mode != "auto" and candidate is not MEMORY_MODES[-1] and device.type == "cuda":
+        fix = f"use --memory-mode auto (or a leaner mode), {fix}"
     raise ValueError(
-        f"{what} needs about {estimate.total / gib:.1f} GiB on {device} (K/V "
-        f"{estimate.kv / gib:.1f}, decoding {estimate.decode / gib:.1f}, weights "
-        f"{estimate.weights / gib:.1f}, activations {estimate.activations / gib:.1f}) but "
-        f"{free / gib:.1f} GiB are free; make the frames smaller (--height/--width), keep fewer "
-        "frames (--policy window, --window-frames) or use a larger device"
+        f"{lead} needs about {estimate.total / GIB:.1f} GiB on {name} ({estimate.parts()}) but "
+        f"{free / GIB:.1f} GiB are free; {fix}"
+    )
+
+
+def plan_run(
+    preset: Preset,
+    height: int,
+    width: int,
+    dtype: torch.dtype,
+    policy: CachePolicy,
+    num_frames: int,
+    device: torch.device,
+    *,
+    real_weights: bool = False,
+    switches: bool = False,
+    switch_mode: str | None = None,
+    mode: str = "auto",
+    text_device: torch.device | None = None,
+    keep_text_encoder: bool | None = None,
+    text_shape=None,
+    scale: int = 1,
+) -> MemoryPlan:
+    """:func:`plan_memory` of a run of ``preset`` (real weights: a umT5 encoder of
+    ``text_shape``, default Wan's umT5-XXL, and the Wan VAE; else the preset's stand-ins);
+    ``text_device``: the user's choice, else the mode's."""
+    from headforcing.io.umt5 import UMT5_XXL, umt5_dtype
+    from headforcing.speed import device_name
+
+    if real_weights and text_shape is None:
+        text_shape = UMT5_XXL
+
+    run = RunShape(
+        preset,
+        height,
+        width,
+        dtype,
+        policy,
+        num_frames,
+        switches=switches,
+        switch_mode=switch_mode,
+        text_shape=text_shape if real_weights else None,
+        text_dtype=umt5_dtype(dtype, text_device or device),
+        wan_vae=real_weights,
+        scale=scale,
+    )
+    return plan_memory(
+        run,
+        device,
+        mode,
+        device_name=device_name(device),
+        text_on_device=None if text_device is None else text_device == device,
+        keep_text_encoder=keep_text_encoder,
     )

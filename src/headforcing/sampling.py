@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from headforcing.cache.kv import KVCache
 from headforcing.model.transformer import TextContext, WanModel
+
+if TYPE_CHECKING:
+    from headforcing.speed import Span
 
 
 @dataclass(frozen=True)
@@ -50,12 +54,14 @@ class FlowSchedule:
 
 @dataclass(frozen=True)
 class LatentChunk:
-    """A finished chunk: latents ``[B, C, F, h, w]`` of frames ``first_frame ...``, and the
-    prompt that drove it (set by the pipeline's prompt loop)."""
+    """A finished chunk: latents ``[B, C, F, h, w]`` of frames ``first_frame ...``, the prompt
+    that drove it and the span of the transformer's work on it (both set by the pipeline's
+    prompt loop)."""
 
     first_frame: int
     latents: torch.Tensor
     prompt: str = ""
+    span: Span | None = None
 
 
 def denoise(

@@ -122,7 +122,9 @@ def make_video(pipeline, job: Job, policy, out_dir: Path, rank: int, switch, sca
     began = time.perf_counter()
     kv_bytes = 0
     fps = pipeline.preset.video.fps
-    scale = display_scale(pipeline.height, pipeline.width, scale)
+    scale = display_scale(
+        pipeline.height, pipeline.width, scale, real_weights=pipeline.real_weights
+    )
     metadata = run_metadata(pipeline, job.item.prompt, job.seed, policy, job.frames)
     with VideoWriter(partial, fps=fps, overwrite=True, scale=scale, metadata=metadata) as writer:
         stream = pipeline.stream(

@@ -43,7 +43,9 @@ class HeadGroup:
         self.store_heads = store.head_slices[index]
         self.cache = store.cache
         self.tokens_per_frame = store.tokens_per_frame
+        self.chunk_frames = store.chunk_frames
         self.sink_frames = store.sink_frames
+        self.band_dim = store.band_dim
 
     # -- views of the store (the buffers stay the store's: a view never copies) -------------
 
@@ -167,17 +169,19 @@ class HeadGroup:
         chunk = self.cache.chunk
         if chunk is None:
             raise RuntimeError("layout is defined while a chunk is open")
-        frames = self.frame_ids
+        kept = self._kept_slots()
+        frames = self.slot_token[kept].long().cpu() // self.tokens_per_frame
         chunk_frames = torch.arange(chunk.first_frame, chunk.end_frame)
         if self.rule.positions == "absolute":
             return Layout(frames, chunk_frames)
         start = self.chunk_position
         sink_present = self.store.sink_present
         position = frames - chunk.first_frame + start  # the recent run: right before the chunk
-        position[frames < self.sink_frames] = frames[frames < self.sink_frames]
+        # the sink by slot, not by frame: a recache-new-sink switch puts later frames there
+        in_sink = (kept < self.store.memory_base).cpu()
+        position[in_sink] = kept[in_sink].cpu() // self.tokens_per_frame
         memory = self.store.memory
         if memory is not None:
-            kept = self._kept_slots()
             in_memory = self.memory_slots()[kept].cpu()
             relative = memory.positions()[self.index]
             offsets = relative[kept[in_memory] - memory.region.start]

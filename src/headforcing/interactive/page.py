@@ -4,7 +4,9 @@ It reads the run's token from its own URL (``?token=...``, printed by the comman
 it on with every request. It polls ``/state`` four times a second, plays the frames it has not
 shown yet at the video's fps on a canvas (a frame is drawn once decoded, so the picture never
 blanks between frames; ``data-frame`` says which pixel frame is on screen), and posts a typed
-prompt to ``/prompt``.
+prompt to ``/prompt``. It says what runs: the cache policy (``#policy``), the frames/s reached
+end to end against the video's fps and of the DiT alone (``#speed``), the K/V the cache holds
+(``#kv``) and how many frames the picture is behind the newest frame written (``#behind``).
 Text from the server goes in with ``textContent``, never as HTML.
 """
 
@@ -26,6 +28,8 @@ PAGE = """<!doctype html>
 <h1>headforcing</h1>
 <canvas id="video" width="64" height="64" data-frame="-1">the video as it is generated</canvas>
 <p id="status" class="muted">waiting for the first chunk</p>
+<p id="run" class="muted">policy <span id="policy">-</span> | <span id="speed">-</span> |
+  K/V <span id="kv">-</span> | <span id="behind">-</span></p>
 <p>Prompt in effect: <strong id="current"></strong></p>
 <form id="prompt-form">
   <input id="prompt-input" name="prompt" autocomplete="off"
@@ -50,6 +54,17 @@ async function poll() {
     fps = state.fps;
     available = state.frames_written;
     $("current").textContent = state.prompt;
+    $("policy").textContent = state.policy;
+    if (state.chunks > 0) {
+      const reached = state.frames_per_second, pace = reached / fps;
+      $("speed").textContent = `${reached.toFixed(1)} frames/s reached of ${fps} fps ` +
+        `(${pace >= 0.995 ? "real time" : (100 * pace).toFixed(0) + " % of real time"}; ` +
+        `DiT only ${state.dit_frames_per_second.toFixed(1)} frames/s)`;
+      $("kv").textContent = `${(state.kv_bytes / 2 ** 20).toFixed(1)} MiB`;
+      const shown = Number(video.dataset.frame), behind = available - 1 - Math.max(shown, -1);
+      $("behind").textContent = `${behind} frames (${(behind / fps).toFixed(1)} s) behind ` +
+        "the generator";
+    }
     let status = `${state.frames_written} frames (${(state.frames_written / fps).toFixed(1)} s), ` +
       `latent frame ${state.latent_frames} of ${state.total_latent_frames}`;
     if (state.queued) status += ` | next chunk: "${state.queued}"`;

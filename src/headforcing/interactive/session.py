@@ -126,6 +126,7 @@ class LiveSession:
         self.scale = scale
         self.metadata = None if metadata is None else {**metadata, "live": True}
         self.on_head_map = on_head_map  # a head map profiled before the run
+        self.switch_mode = switch or policy.default_switch
         video = pipeline.preset.video
         self.fps = video.fps
         self.chunk_seconds = video.chunk_frames * video.vae_stride[0] / video.fps
@@ -142,6 +143,13 @@ class LiveSession:
         self.switches: list[AppliedSwitch] = []
         self.error: str | None = None
         self.done = False
+        # what runs (headforcing.speed): frames/s end to end since the first chunk began and of
+        # the DiT alone, the K/V the cache holds
+        self._first_started: float | None = None
+        self._dit_seconds = 0.0
+        self.frames_per_second = 0.0
+        self.dit_frames_per_second = 0.0
+        self.kv_bytes = 0
 
     # ------------------------------------------------------------------ control
 
@@ -183,9 +191,20 @@ class LiveSession:
 
     # ------------------------------------------------------------------ what the page reads
 
+    def describe_policy(self) -> str:
+        """The cache policy as the page shows it: its parameters, positions and switch mode."""
+        return (
+            f"{self.policy.describe()}, {self.policy.positions} positions, switch "
+            f"{self.switch_mode}"
+        )
+
     def state(self) -> dict:
         with self._lock:
             return {
+                "policy": self.describe_policy(),
+                "frames_per_second": round(self.frames_per_second, 2),
+                "dit_frames_per_second": round(self.dit_frames_per_second, 2),
+                "kv_bytes": self.kv_bytes,
                 "fps": self.fps,
                 "frames_written": self.frames_written,
                 "latent_frames": self.latent_frames,
@@ -238,7 +257,7 @@ class LiveSession:
             self.policy,
             seed=self.seed,
             switch=self.switch,
-            on_head_map=self.on_head_map,
+            on_head_map=self._head_map_profiled,
         )
         began = time.monotonic()
         try:
@@ -271,6 +290,12 @@ class LiveSession:
             with self._lock:
                 self.done = True
 
+    def _head_map_profiled(self, head_map: HeadMap) -> None:
+        with self._lock:  # the page names the map's head types from now on
+            self.policy = self.policy.with_head_map(head_map)
+        if self.on_head_map is not None:
+            self.on_head_map(head_map)
+
     def _publish(self, chunk, frames: np.ndarray, first_pixel: int) -> None:
         with self._lock:
             if self.current_prompt and chunk.prompt != self.current_prompt:
@@ -283,3 +308,11 @@ class LiveSession:
             self.frames_written = first_pixel + len(frames)
             self.latent_frames = chunk.first_frame + chunk.latents.shape[2]
             self.chunks += 1
+            if self._first_started is None:
+                self._first_started = chunk.started_at
+            self._dit_seconds += chunk.dit_seconds
+            elapsed = time.perf_counter() - self._first_started
+            self.frames_per_second = self.frames_written / elapsed if elapsed > 0 else 0.0
+            if self._dit_seconds > 0:
+                self.dit_frames_per_second = self.frames_written / self._dit_seconds
+            self.kv_bytes = chunk.kv_bytes

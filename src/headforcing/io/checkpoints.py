@@ -1,5 +1,5 @@
-"""Load the causal Wan2.1 transformer from the checkpoints that Self-Forcing, CausVid, LongLive
-and diffusers ship.
+"""Load the causal Wan2.1 transformer from the checkpoints that Self-Forcing, Causal Forcing,
+CausVid, LongLive and diffusers ship.
 
 Each checkpoint kind has one reader that returns a state dict in original Wan names; one builder,
 :func:`model_from_state_dict`, turns any of them into a :class:`WanModel`. The layouts, as their
@@ -10,6 +10,14 @@ public code writes and reads them (facts checked in the repositories, no code ta
     a torch pickle ``{"generator": sd, "generator_ema": sd, "critic": sd, ...}``; the generator is
     a wrapper holding the Wan model as ``.model``, so names are ``model.<wan name>``. FSDP-trained
     files may carry ``_fsdp_wrapped_module.`` as a prefix or as a segment inside names.
+``causal-forcing``
+    Causal Forcing's chunk-wise ``chunkwise/causal_forcing.pt`` (thu-ml/Causal-Forcing,
+    ``inference.py``; REFERENCE.md section 3.1b): a drop-in replacement for Self-Forcing's, the
+    same pickle ``{"generator": sd, "generator_ema": sd, ...}`` with ``model.<wan name>``
+    keys, possibly ``model._fsdp_wrapped_module.<wan name>``. Its chunk-wise README command
+    loads ``generator`` (no ``--use_ema``), so that is the default here. Its own loader falls
+    back to ``strict=False`` when the keys do not match; ours stays strict and names what is
+    missing.
 ``causvid``
     CausVid's ``model.pt`` (tianweiy/CausVid, ``causvid/train_distillation.py``): the same kind of
     pickle, ``{"generator": sd, "critic": sd}`` with ``model.``-prefixed names (``generator_ema``
@@ -70,6 +78,11 @@ _SELF_FORCING_LAYOUT = (
     "a torch pickle {'generator': state_dict, 'generator_ema': state_dict, ...} "
     "with 'model.<wan name>' keys (Self-Forcing's self_forcing_dmd.pt)"
 )
+_CAUSAL_FORCING_LAYOUT = (
+    "a torch pickle {'generator': state_dict, 'generator_ema': state_dict, ...} "
+    "with 'model.<wan name>' or 'model._fsdp_wrapped_module.<wan name>' keys "
+    "(Causal Forcing's chunkwise/causal_forcing.pt)"
+)
 _CAUSVID_LAYOUT = (
     "a torch pickle {'generator': state_dict, ...} or a bare state dict, "
     "with 'model.<wan name>' keys (CausVid's model.pt)"
@@ -93,6 +106,14 @@ def read_self_forcing(path: str | Path, *, use_ema: bool = True) -> StateDict:
     path = Path(path)
     checkpoint = _torch_load(path, _SELF_FORCING_LAYOUT)
     return _wan_names(_generator(checkpoint, path, use_ema, _SELF_FORCING_LAYOUT), path)
+
+
+def read_causal_forcing(path: str | Path, *, use_ema: bool = False) -> StateDict:
+    """Wan-named generator weights of Causal Forcing's chunk-wise checkpoint (``generator`` by
+    default, as its README's command loads)."""
+    path = Path(path)
+    checkpoint = _torch_load(path, _CAUSAL_FORCING_LAYOUT)
+    return _wan_names(_generator(checkpoint, path, use_ema, _CAUSAL_FORCING_LAYOUT), path)
 
 
 def read_causvid(path: str | Path, *, use_ema: bool = True) -> StateDict:
@@ -281,6 +302,8 @@ class CheckpointKind:
     layout: str
     read: Callable[[Path, _ReadOptions], StateDict]
     takes_lora: bool = False
+    # whether its authors' inference loads ``generator_ema`` (the default of ``use_ema``)
+    ema_default: bool = True
 
 
 CHECKPOINT_KINDS: dict[str, CheckpointKind] = {
@@ -290,6 +313,12 @@ CHECKPOINT_KINDS: dict[str, CheckpointKind] = {
             "self-forcing",
             _SELF_FORCING_LAYOUT,
             lambda path, options: read_self_forcing(path, use_ema=options.use_ema),
+        ),
+        CheckpointKind(
+            "causal-forcing",
+            _CAUSAL_FORCING_LAYOUT,
+            lambda path, options: read_causal_forcing(path, use_ema=options.use_ema),
+            ema_default=False,
         ),
         CheckpointKind(
             "causvid",
@@ -303,8 +332,14 @@ CHECKPOINT_KINDS: dict[str, CheckpointKind] = {
                 path, options.lora, lora_alpha=options.lora_alpha, use_ema=options.use_ema
             ),
             takes_lora=True,
+            ema_default=False,  # its inference configs: use_ema false
         ),
-        CheckpointKind("diffusers", _DIFFUSERS_LAYOUT, lambda path, options: read_diffusers(path)),
+        CheckpointKind(
+            "diffusers",
+            _DIFFUSERS_LAYOUT,
+            lambda path, options: read_diffusers(path),
+            ema_default=False,  # a folder holds one set of weights
+        ),
     )
 }
 
@@ -316,7 +351,7 @@ def load_transformer(
     kind: str = "self-forcing",
     lora: str | Path | None = None,
     lora_alpha: float | None = None,
-    use_ema: bool = True,
+    use_ema: bool | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.bfloat16,
 ) -> WanModel:
@@ -330,13 +365,14 @@ def load_transformer(
     config:
         Shape of the model; the checkpoint must match it exactly.
     kind:
-        One of :data:`CHECKPOINT_KINDS`: ``self-forcing``, ``causvid``, ``longlive``,
-        ``diffusers``. Never guessed from the file name.
+        One of :data:`CHECKPOINT_KINDS`: ``self-forcing``, ``causal-forcing``, ``causvid``,
+        ``longlive``, ``diffusers``. Never guessed from the file name.
     lora, lora_alpha:
         LongLive's LoRA file and its alpha (not stored in the file); ``longlive`` only.
     use_ema:
         Take ``generator_ema`` when the file has it, else ``generator``; ``False`` always takes
-        ``generator``.
+        ``generator``. ``None``: what the kind's authors load (``generator_ema`` for
+        Self-Forcing and CausVid, ``generator`` for Causal Forcing and LongLive).
     device, dtype:
         Where the model lives and the dtype of its weights (modulation, time embedding and norm3
         stay float32).
@@ -354,6 +390,8 @@ def load_transformer(
     if not checkpoint_kind.takes_lora and (lora is not None or lora_alpha is not None):
         raise ValueError(f"lora and lora_alpha are for kind='longlive' only, not kind={kind!r}")
     path = Path(path)
+    if use_ema is None:
+        use_ema = checkpoint_kind.ema_default
     options = _ReadOptions(use_ema, None if lora is None else Path(lora), lora_alpha)
     state_dict = checkpoint_kind.read(path, options)
     return model_from_state_dict(

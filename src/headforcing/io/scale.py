@@ -4,7 +4,9 @@ The toy-world model makes 32x32 frames, a thumbnail on any screen. Videos are wr
 pixel repeated ``scale`` x ``scale`` times (nearest neighbour: no new colours, no blur), so the
 file can be shrunk back exactly by the same integer (:func:`downscale`, used by ``eval`` before it
 compares a toy video with its ground truth). ``scale="auto"`` picks the smallest factor that
-makes the shorter side at least ``MIN_DISPLAY_PIXELS``; frames already that large keep factor 1.
+makes the shorter side at least ``MIN_DISPLAY_PIXELS``; frames already that large keep factor 1,
+and so does every video of real weights, whatever its size (a 64x48 test of a real model is
+written as made, not blown up to look like a toy video).
 """
 
 from __future__ import annotations
@@ -18,10 +20,15 @@ MIN_DISPLAY_PIXELS = 256
 MAX_SCALE = 64
 
 
-def display_scale(height: int, width: int, scale: int | str = "auto") -> int:
+def display_scale(
+    height: int, width: int, scale: int | str = "auto", *, real_weights: bool = False
+) -> int:
     """The integer factor for frames of ``height`` x ``width``: ``scale`` itself (an int >= 1)
-    or, for ``"auto"``, the smallest one making the shorter side >= ``MIN_DISPLAY_PIXELS``."""
+    or, for ``"auto"``, 1 for ``real_weights`` and else the smallest one making the shorter
+    side >= ``MIN_DISPLAY_PIXELS``."""
     if scale == "auto":
+        if real_weights:
+            return 1
         return max(1, math.ceil(MIN_DISPLAY_PIXELS / min(height, width)))
     if not isinstance(scale, int) or not 1 <= scale <= MAX_SCALE:
         raise ValueError(f"--scale {scale!r}: give auto or an integer in 1..{MAX_SCALE}")

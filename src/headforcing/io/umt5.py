@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,6 +169,14 @@ UMT5_XXL = UMT5Shape(
     num_layers=24,
     num_buckets=32,
 )
+
+
+def umt5_dtype(run_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The encoder's dtype in a run: bf16 (its file's) on a GPU or in a bf16 run, float32 in a
+    float32 CPU run."""
+    if device.type == "cuda" or run_dtype == torch.bfloat16:
+        return torch.bfloat16
+    return torch.float32
 
 
 def wan_umt5_to_transformers(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -335,7 +343,11 @@ class UMT5TextEncoder:
         Tokens per prompt after padding or truncation (512 in Wan2.1 and Self-Forcing).
     keep_loaded
         If False, :meth:`release` runs after every :meth:`encode`, so the weights are gone once
-        the prompts are encoded (encode them all in one call).
+        the prompts are encoded; the next :meth:`encode` (a prompt switch) reads them again
+        with ``reload``.
+    reload
+        Builds the encoder again after a release (the loaders pass one that re-reads the
+        memory-mapped file); ``None``: an encode after a release raises.
     """
 
     def __init__(
@@ -345,6 +357,7 @@ class UMT5TextEncoder:
         *,
         text_len: int = 512,
         keep_loaded: bool = True,
+        reload: Callable[[], UMT5EncoderModel] | None = None,
     ) -> None:
         if text_len < 1:
             raise ValueError(f"text_len must be >= 1, got {text_len}")
@@ -364,6 +377,8 @@ class UMT5TextEncoder:
         self.text_dim: int = model.config.d_model
         self.keep_loaded = keep_loaded
         self._model: UMT5EncoderModel | None = model.eval().requires_grad_(False)
+        self._device = next(model.parameters()).device
+        self._reload = reload
         self._tokenizer = tokenizer
 
     @classmethod
@@ -405,11 +420,15 @@ class UMT5TextEncoder:
                 "tokenizer files (tokenizer.json or spiece.model, tokenizer_config.json), which "
                 "Wan2.1-T2V-1.3B ships in its google/umt5-xxl/ folder"
             )
-        state_dict = load_wan_state_dict(checkpoint)
-        model = umt5_from_wan_state_dict(state_dict, shape, source=str(checkpoint))
-        model = model.to(device=device, dtype=dtype)
+
+        def load() -> UMT5EncoderModel:
+            state_dict = load_wan_state_dict(checkpoint)
+            model = umt5_from_wan_state_dict(state_dict, shape, source=str(checkpoint))
+            return model.to(device=device, dtype=dtype)
+
+        model = load()
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
-        return cls(model, tokenizer, text_len=text_len, keep_loaded=keep_loaded)
+        return cls(model, tokenizer, text_len=text_len, keep_loaded=keep_loaded, reload=load)
 
     @classmethod
     def from_diffusers(
@@ -446,32 +465,43 @@ class UMT5TextEncoder:
                 )
         expected_weights = "the UMT5EncoderModel weights as .safetensors"
         check_diffusers_folder(root / "text_encoder", expected_weights)
-        try:
-            model = UMT5EncoderModel.from_pretrained(
+
+        def load() -> UMT5EncoderModel:
+            return UMT5EncoderModel.from_pretrained(
                 root / "text_encoder",
                 local_files_only=True,
                 use_safetensors=True,
                 **{_from_pretrained_dtype_kwarg(): dtype},
             ).to(device)
+
+        try:
+            model = load()
             tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer", local_files_only=True)
         except (OSError, ValueError, RuntimeError) as error:
             raise ValueError(
                 f"{root}: the text encoder does not load ({first_line(error)}); expected "
                 f"text_encoder/ with {expected_weights} and tokenizer/ (docs/real-models.md)"
             ) from None
-        return cls(model, tokenizer, text_len=text_len, keep_loaded=keep_loaded)
+        return cls(model, tokenizer, text_len=text_len, keep_loaded=keep_loaded, reload=load)
 
     @property
     def device(self) -> torch.device:
         """The device the encoder runs on (and its outputs live on)."""
-        return next(self._loaded_model().parameters()).device
+        return self._device
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory now."""
+        return self._model is not None
 
     def _loaded_model(self) -> UMT5EncoderModel:
         if self._model is None:
-            raise RuntimeError(
-                "this UMT5TextEncoder was released; build a new one to encode more prompts "
-                "(or pass keep_loaded=True and encode all prompts before release())"
-            )
+            if self._reload is None:
+                raise RuntimeError(
+                    "this UMT5TextEncoder was released; build a new one to encode more prompts "
+                    "(or pass keep_loaded=True and encode all prompts before release())"
+                )
+            self._model = self._reload().eval().requires_grad_(False)
         return self._model
 
     def count_tokens(self, prompt: str) -> int:
@@ -523,7 +553,8 @@ class UMT5TextEncoder:
         return embeddings
 
     def release(self) -> None:
-        """Free the encoder's weights (idempotent); :meth:`encode` raises afterwards."""
+        """Free the encoder's weights (idempotent); :meth:`encode` reads them again with
+        ``reload``, or raises without one."""
         model, self._model = self._model, None
         if model is None:
             return

@@ -7,8 +7,8 @@ Two layouts of the Wan2.1-T2V-1.3B files are accepted, each named explicitly:
 - ``--diffusers-dir``: the diffusers repository (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``):
   ``text_encoder/``, ``tokenizer/``, ``vae/`` and, for ``--model diffusers``, ``transformer/``.
 
-The transformer comes from ``--checkpoint`` (Self-Forcing, LongLive base + ``--lora``, CausVid),
-or from the diffusers folder's ``transformer/``.
+The transformer comes from ``--checkpoint`` (Self-Forcing, Causal Forcing, LongLive base +
+``--lora``, CausVid), or from the diffusers folder's ``transformer/``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class RealFiles:
     diffusers_dir: Path | None = None
     lora: Path | None = None
     lora_alpha: float | None = None
-    use_ema: bool = True
+    use_ema: bool | None = None  # None: what the checkpoint kind's authors load
 
     def __post_init__(self) -> None:
         from headforcing.io.checkpoints import CHECKPOINT_KINDS
@@ -78,6 +78,32 @@ class RealFiles:
             return self.diffusers_dir / "transformer"
         return self.checkpoint
 
+    def text_encoder_shape(self):
+        """The umT5 encoder's sizes (:class:`~headforcing.io.umt5.UMT5Shape`) read from its
+        file's tensor shapes or its config, without loading the weights; ``None`` when they
+        cannot be read (the loader then says why)."""
+        import json
+
+        from headforcing.io.umt5 import UMT5Shape, load_wan_state_dict
+
+        try:
+            if self.wan_dir is not None:
+                state_dict = load_wan_state_dict(self.wan_dir / WAN_TEXT_ENCODER)  # memory-mapped
+                return UMT5Shape.from_wan_state_dict(state_dict)
+            path = self.diffusers_dir / "text_encoder" / "config.json"
+            config = json.loads(path.read_text(encoding="utf-8"))
+            return UMT5Shape(
+                vocab_size=config["vocab_size"],
+                dim=config["d_model"],
+                dim_attn=config["d_kv"] * config["num_heads"],
+                dim_ffn=config["d_ff"],
+                num_heads=config["num_heads"],
+                num_layers=config["num_layers"],
+                num_buckets=config["relative_attention_num_buckets"],
+            )
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError):
+            return None
+
     def required_paths(self) -> list[Path]:
         paths = [self.transformer_path]
         if self.lora is not None:
@@ -98,14 +124,18 @@ def load_real_parts(
     text_device: torch.device | None = None,
     keep_text_encoder: bool = False,
     vae_config=None,
+    decode_frames_per_call: int | None = None,
 ):
     """Load ``(transformer, text encoder, VAE decoder)`` from ``files``.
 
-    The text encoder runs on ``text_device`` (default: ``device``) and frees its weights after
-    encoding unless ``keep_text_encoder``. ``vae_config`` overrides the Wan2.1 VAE shape (tests).
+    The text encoder runs on ``text_device`` (default: ``device``) in bf16 (its file's dtype)
+    on a GPU or in a bf16 run, else float32; it frees its weights after each prompt and reads
+    them again for the next unless ``keep_text_encoder``. The VAE decodes
+    ``decode_frames_per_call`` latent frames per call (``None``: a chunk's). ``vae_config``
+    overrides the Wan2.1 VAE shape (tests).
     """
     from headforcing.io.checkpoints import load_transformer
-    from headforcing.io.umt5 import UMT5TextEncoder
+    from headforcing.io.umt5 import UMT5TextEncoder, umt5_dtype
     from headforcing.io.wan_vae import WanVAEDecoder
 
     model = load_transformer(
@@ -119,7 +149,7 @@ def load_real_parts(
         dtype=dtype,
     )
     text_device = text_device or device
-    text_dtype = torch.bfloat16 if text_device.type == "cuda" else torch.float32
+    text_dtype = umt5_dtype(dtype, text_device)
     keep = keep_text_encoder
     if files.wan_dir is not None:
         text_encoder = UMT5TextEncoder.from_wan_files(
@@ -131,7 +161,11 @@ def load_real_parts(
             keep_loaded=keep,
         )
         decoder = WanVAEDecoder.from_wan_file(
-            files.wan_dir / WAN_VAE, config=vae_config, device=device, dtype=dtype
+            files.wan_dir / WAN_VAE,
+            config=vae_config,
+            device=device,
+            dtype=dtype,
+            frames_per_call=decode_frames_per_call,
         )
     else:
         text_encoder = UMT5TextEncoder.from_diffusers(
@@ -142,6 +176,9 @@ def load_real_parts(
             keep_loaded=keep,
         )
         decoder = WanVAEDecoder.from_diffusers(
-            files.diffusers_dir / "vae", device=device, dtype=dtype
+            files.diffusers_dir / "vae",
+            device=device,
+            dtype=dtype,
+            frames_per_call=decode_frames_per_call,
         )
     return model, text_encoder, decoder
