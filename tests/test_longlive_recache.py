@@ -230,3 +230,30 @@ def test_the_one_pass_differs_from_the_causal_rerun(small_config):
     one_pass, causal = kept["recache"], kept["recache-causal"]
     assert torch.equal(one_pass.token_ids, causal.token_ids)
     assert relative_error(one_pass.values, causal.values) > 1e-3
+
+
+def test_a_new_sink_is_laid_out_as_the_sink(small_config):
+    """After ``recache-new-sink`` with relative positions the sink slots hold frames N-12 ..
+    N-10; the next chunk's layout (what the reports and the reference checks read) puts them at
+    positions 0 .. 2 as the pass does, then the recent frames, then the chunk, with no gap."""
+    model = random_model(small_config)
+    text_a, text_b = contexts(small_config)
+    with torch.no_grad():
+        context_a, context_b = model.encode_text(text_a), model.encode_text(text_b)
+    policy = make_policy("sink", window_frames=WINDOW, sink_frames=SINK, positions="relative")
+    cache = KVCache(policy, small_config, *GRID)
+    switcher = PromptSwitcher(model, cache, "recache-new-sink")
+    run_ours(model, cache, switcher, context_a, 18, torch.Generator().manual_seed(3), [])
+    with torch.no_grad():
+        switcher.apply(context_b)
+    cache.begin_chunk(CHUNK)
+    for group in cache.groups():
+        frames = group.frame_ids
+        layout = group.layout
+        new_sink = (frames >= 18 - WINDOW) & (frames < 18 - WINDOW + SINK)
+        assert new_sink.sum() == SINK * TOKENS
+        expected = frames - (18 - WINDOW)  # the new sink 0 .. 2, then the rest in frame order
+        recent = ~new_sink
+        expected[recent] = SINK + (frames[recent] - frames[recent].min())
+        assert torch.equal(layout.context, expected)
+        assert torch.equal(layout.chunk, torch.arange(CHUNK) + int(expected.max()) + 1)
