@@ -55,6 +55,14 @@ def test_every_python_example_of_docs_api_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "window.mp4").is_file()
 
 
+def test_the_readme_python_section_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (example,) = blocks((ROOT / "README.md").read_text(), "python")
+    exec(compile(example, "README.md python block", "exec"), {})
+    assert "head_forcing(" in capsys.readouterr().out
+    assert len(decoded(tmp_path / "circle.mp4")) == 32  # 4 s of the toy model's 8 fps
+
+
 def test_every_command_of_docs_api_runs(tmp_path):
     """The outside policy through generate, bench --preset tiny and recall (shortened as the
     README's commands are)."""
