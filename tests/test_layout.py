@@ -70,3 +70,52 @@ def test_cycle_finder_finds_a_planted_cycle(tmp_path):
 
 def test_the_cache_has_no_import_cycle():
     assert cycles("headforcing.cache") == []
+
+
+# Top to bottom (docs/design.md, "Layers"): the CLI, the API and the commands' library, the
+# pipeline (prompts and switches), the chunk loop (sampling), the cache, the model. A layer
+# imports only layers below it; io/ (files and formats) and small utilities serve them all.
+# The cache reads one data type of heads/ (the head map), never its profiling.
+BELOW = [
+    ("headforcing.model", ("headforcing.cache", "headforcing.heads", "headforcing.io")),
+    ("headforcing.cache", ("headforcing.sampling", "headforcing.heads.profile")),
+    ("headforcing.cache", ("headforcing.heads.recall", "headforcing.heads.calibrate")),
+    ("headforcing.sampling", ("headforcing.switch",)),
+    ("headforcing.switch", ("headforcing.pipeline",)),
+]
+ABOVE_ALL = ("headforcing.cli",)  # below the CLI, nothing imports it
+UPPER = ("headforcing.pipeline", "headforcing.bench", "headforcing.batch", "headforcing.toyworld")
+
+
+def layer_violations(src: Path = SRC) -> list[str]:
+    found = []
+    for path in (src / "headforcing").rglob("*.py"):
+        name = module_name(path, src)
+        imported = imports_of(path)
+        forbidden = []
+        if not name.startswith((*ABOVE_ALL, "headforcing.__main__")):
+            forbidden += ABOVE_ALL
+        for layer, below_it_not in BELOW:
+            if name.startswith(layer):
+                forbidden += below_it_not
+        if name.startswith(("headforcing.model", "headforcing.cache", "headforcing.sampling")):
+            forbidden += ("headforcing.switch", *UPPER)
+        if name.startswith("headforcing.switch"):
+            forbidden += UPPER
+        bad = {target for target in imported if target.startswith(tuple(forbidden))}
+        for target in sorted(bad):
+            if not any(target.startswith(other + ".") for other in bad):  # a module, not a name
+                found.append(f"{name} imports {target}")
+    return found
+
+
+def test_layers_import_only_the_layers_below():
+    assert layer_violations() == []
+
+
+def test_layer_check_finds_a_planted_upward_import(tmp_path):
+    package = tmp_path / "headforcing" / "cache"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kv.py").write_text("from headforcing.pipeline import Pipeline\n")
+    assert layer_violations(tmp_path) == ["headforcing.cache.kv imports headforcing.pipeline"]
