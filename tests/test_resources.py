@@ -10,15 +10,15 @@ import torch
 
 from headforcing.cache import KVCache, make_policy
 from headforcing.io.umt5 import UMT5_XXL
-from headforcing.model import WanModel, get_preset
-from headforcing.resources import (
+from headforcing.memory_estimate import (
     GIB,
     MEMORY_MODES,
     RunShape,
     context_bytes,
     estimate_memory,
-    plan_memory,
 )
+from headforcing.model import WanModel, get_preset
+from headforcing.resources import plan_memory
 
 from .conftest import random_head_map
 from .meta_memory import PeakBytes, module_bytes, tensor_bytes
