@@ -13,12 +13,8 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from headforcing.io.umt5 import (
-    UMT5_XXL,
-    UMT5Shape,
-    UMT5TextEncoder,
-    umt5_from_wan_state_dict,
-)
+from headforcing.io.umt5 import UMT5TextEncoder
+from headforcing.io.umt5_wan import UMT5_XXL, UMT5Shape, umt5_from_wan_state_dict
 
 WORDS = ["&", "a", "cat", "dog", "runs", "on", "the", "beach", "at", "sunset", "red", "car", "fast"]
 VOCAB = {"<pad>": 0, "</s>": 1, "<unk>": 2} | {word: 3 + index for index, word in enumerate(WORDS)}
