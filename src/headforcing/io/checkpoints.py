@@ -40,13 +40,13 @@ public code writes and reads them (facts checked in the repositories, no code ta
     ``diffusion_pytorch_model.safetensors.index.json``; names converted by
     :func:`headforcing.io.keymap.diffusers_to_wan`.
 
-Pickles are read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
+What every reader shares (the layouts, the safe read, finding the generator, Wan names) is
+:mod:`headforcing.io.checkpoint_files`. Pickles are read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
 file whose unpickling would run code is refused before anything in it runs.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -55,6 +55,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from headforcing.io.checkpoint_files import (
+    CAUSAL_FORCING_LAYOUT,
+    CAUSVID_LAYOUT,
+    DIFFUSERS_LAYOUT,
+    LONGLIVE_LORA_LAYOUT,
+    SELF_FORCING_LAYOUT,
+    SHOWN,
+    StateDict,
+    diffusers_weight_files,
+    generator_state_dict,
+    is_tensor_mapping,
+    listed,
+    top_level,
+    torch_load,
+    wan_names,
+)
 from headforcing.io.keymap import (
     diffusers_to_wan,
     drop_wrapper_segments,
@@ -62,40 +78,10 @@ from headforcing.io.keymap import (
     strip_prefixes,
 )
 from headforcing.io.safe_load import (
-    PICKLE_SUFFIXES,
     check_safetensors_file,
-    load_weights_file,
 )
 from headforcing.model.config import WanConfig
 from headforcing.model.transformer import WanModel
-
-StateDict = dict[str, torch.Tensor]
-
-# How many names an error message shows per category.
-_SHOWN = 8
-
-_SELF_FORCING_LAYOUT = (
-    "a torch pickle {'generator': state_dict, 'generator_ema': state_dict, ...} "
-    "with 'model.<wan name>' keys (Self-Forcing's self_forcing_dmd.pt)"
-)
-_CAUSAL_FORCING_LAYOUT = (
-    "a torch pickle {'generator': state_dict, 'generator_ema': state_dict, ...} "
-    "with 'model.<wan name>' or 'model._fsdp_wrapped_module.<wan name>' keys "
-    "(Causal Forcing's chunkwise/causal_forcing.pt)"
-)
-_CAUSVID_LAYOUT = (
-    "a torch pickle {'generator': state_dict, ...} or a bare state dict, "
-    "with 'model.<wan name>' keys (CausVid's model.pt)"
-)
-_LONGLIVE_LORA_LAYOUT = (
-    "a torch pickle {'generator_lora': peft_state_dict, ...} or a bare PEFT state dict with "
-    "'base_model.model.<layer>.lora_A.weight' / '.lora_B.weight' keys (LongLive's lora.pt)"
-)
-_DIFFUSERS_LAYOUT = (
-    "a diffusers transformer/ folder with diffusion_pytorch_model.safetensors "
-    "(or shards listed in diffusion_pytorch_model.safetensors.index.json)"
-)
-
 
 # ----------------------------------------------------------------------------------------------
 # readers: one per checkpoint kind, each returns a state dict in original Wan names
@@ -104,25 +90,25 @@ _DIFFUSERS_LAYOUT = (
 def read_self_forcing(path: str | Path, *, use_ema: bool = True) -> StateDict:
     """Wan-named generator weights of a Self-Forcing checkpoint (``generator_ema`` by default)."""
     path = Path(path)
-    checkpoint = _torch_load(path, _SELF_FORCING_LAYOUT)
-    return _wan_names(_generator(checkpoint, path, use_ema, _SELF_FORCING_LAYOUT), path)
+    checkpoint = torch_load(path, SELF_FORCING_LAYOUT)
+    return wan_names(generator_state_dict(checkpoint, path, use_ema, SELF_FORCING_LAYOUT), path)
 
 
 def read_causal_forcing(path: str | Path, *, use_ema: bool = False) -> StateDict:
     """Wan-named generator weights of Causal Forcing's chunk-wise checkpoint (``generator`` by
     default, as its README's command loads)."""
     path = Path(path)
-    checkpoint = _torch_load(path, _CAUSAL_FORCING_LAYOUT)
-    return _wan_names(_generator(checkpoint, path, use_ema, _CAUSAL_FORCING_LAYOUT), path)
+    checkpoint = torch_load(path, CAUSAL_FORCING_LAYOUT)
+    return wan_names(generator_state_dict(checkpoint, path, use_ema, CAUSAL_FORCING_LAYOUT), path)
 
 
 def read_causvid(path: str | Path, *, use_ema: bool = True) -> StateDict:
     """Wan-named generator weights of a CausVid checkpoint: training dict or bare state dict."""
     path = Path(path)
-    checkpoint = _torch_load(path, _CAUSVID_LAYOUT)
-    if _is_tensor_mapping(checkpoint):
-        return _wan_names(dict(checkpoint), path)
-    return _wan_names(_generator(checkpoint, path, use_ema, _CAUSVID_LAYOUT), path)
+    checkpoint = torch_load(path, CAUSVID_LAYOUT)
+    if is_tensor_mapping(checkpoint):
+        return wan_names(dict(checkpoint), path)
+    return wan_names(generator_state_dict(checkpoint, path, use_ema, CAUSVID_LAYOUT), path)
 
 
 def read_longlive(
@@ -154,12 +140,12 @@ def read_diffusers(path: str | Path) -> StateDict:
     """Wan-named weights of a diffusers ``transformer/`` folder (or of the repo root above it)."""
     folder = Path(path)
     if not folder.is_dir():
-        raise ValueError(f"{folder} is not a folder; kind='diffusers' expects {_DIFFUSERS_LAYOUT}")
-    if not _diffusers_weight_files(folder, required=False) and (folder / "transformer").is_dir():
+        raise ValueError(f"{folder} is not a folder; kind='diffusers' expects {DIFFUSERS_LAYOUT}")
+    if not diffusers_weight_files(folder, required=False) and (folder / "transformer").is_dir():
         folder = folder / "transformer"
     state_dict: StateDict = {}
-    for file in _diffusers_weight_files(folder, required=True):
-        check_safetensors_file(file, _DIFFUSERS_LAYOUT)
+    for file in diffusers_weight_files(folder, required=True):
+        check_safetensors_file(file, DIFFUSERS_LAYOUT)
         shard = load_file(file, device="cpu")
         repeated = shard.keys() & state_dict.keys()
         if repeated:
@@ -175,15 +161,15 @@ def read_diffusers(path: str | Path) -> StateDict:
 def read_peft_lora(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """LongLive's LoRA file -> ``{layer (Wan name): (lora_A [r, in], lora_B [out, r])}``."""
     path = Path(path)
-    checkpoint = _torch_load(path, _LONGLIVE_LORA_LAYOUT)
+    checkpoint = torch_load(path, LONGLIVE_LORA_LAYOUT)
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("generator_lora"), Mapping):
         state_dict = dict(checkpoint["generator_lora"])
-    elif _is_tensor_mapping(checkpoint):
+    elif is_tensor_mapping(checkpoint):
         state_dict = dict(checkpoint)
     else:
         raise ValueError(
-            f"{path} has no 'generator_lora' state dict ({_top_level(checkpoint)}); "
-            f"expected {_LONGLIVE_LORA_LAYOUT}"
+            f"{path} has no 'generator_lora' state dict ({top_level(checkpoint)}); "
+            f"expected {LONGLIVE_LORA_LAYOUT}"
         )
     factors: dict[str, dict[str, torch.Tensor]] = {}
     not_lora = []
@@ -196,17 +182,17 @@ def read_peft_lora(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tens
             factors.setdefault(module, {})[factor] = tensor
     if not_lora:
         raise ValueError(
-            f"{path}: {_listed(not_lora, 'entries that are not LoRA A/B factors')}; only plain "
+            f"{path}: {listed(not_lora, 'entries that are not LoRA A/B factors')}; only plain "
             "LoRA on linear layers is supported (no DoRA magnitudes, LoRA biases or embeddings)"
         )
     if not factors:
-        raise ValueError(f"{path} holds no LoRA factors; expected {_LONGLIVE_LORA_LAYOUT}")
+        raise ValueError(f"{path} holds no LoRA factors; expected {LONGLIVE_LORA_LAYOUT}")
     by_layer = strip_prefixes(factors)
     if len(by_layer) != len(factors):
         raise ValueError(f"{path}: several LoRA layers share one name once prefixes are removed")
     incomplete = sorted(layer for layer, pair in by_layer.items() if set(pair) != {"A", "B"})
     if incomplete:
-        raise ValueError(f"{path}: {_listed(incomplete, 'layers without both lora_A and lora_B')}")
+        raise ValueError(f"{path}: {listed(incomplete, 'layers without both lora_A and lora_B')}")
     return {layer: (pair["A"], pair["B"]) for layer, pair in by_layer.items()}
 
 
@@ -243,7 +229,7 @@ def merge_lora(
             up.float() @ down.float()
         )
     if problems:
-        shown = "; ".join(problems[:_SHOWN]) + ("; ..." if len(problems) > _SHOWN else "")
+        shown = "; ".join(problems[:SHOWN]) + ("; ..." if len(problems) > SHOWN else "")
         raise ValueError(f"{source}: {len(problems)} LoRA layers do not fit the base: {shown}")
     return merged
 
@@ -277,7 +263,7 @@ def model_from_state_dict(
         name for name, value in state_dict.items() if not isinstance(value, torch.Tensor)
     ]
     if not_tensors:
-        raise ValueError(f"{source}: {_listed(not_tensors, 'entries that are not tensors')}")
+        raise ValueError(f"{source}: {listed(not_tensors, 'entries that are not tensors')}")
     with torch.device("meta"):
         model = WanModel(config)
     _check_fits(model.state_dict(), state_dict, source=source, kind=kind)
@@ -311,23 +297,23 @@ CHECKPOINT_KINDS: dict[str, CheckpointKind] = {
     for kind in (
         CheckpointKind(
             "self-forcing",
-            _SELF_FORCING_LAYOUT,
+            SELF_FORCING_LAYOUT,
             lambda path, options: read_self_forcing(path, use_ema=options.use_ema),
         ),
         CheckpointKind(
             "causal-forcing",
-            _CAUSAL_FORCING_LAYOUT,
+            CAUSAL_FORCING_LAYOUT,
             lambda path, options: read_causal_forcing(path, use_ema=options.use_ema),
             ema_default=False,
         ),
         CheckpointKind(
             "causvid",
-            _CAUSVID_LAYOUT,
+            CAUSVID_LAYOUT,
             lambda path, options: read_causvid(path, use_ema=options.use_ema),
         ),
         CheckpointKind(
             "longlive",
-            f"{_SELF_FORCING_LAYOUT}, plus lora= {_LONGLIVE_LORA_LAYOUT}",
+            f"{SELF_FORCING_LAYOUT}, plus lora= {LONGLIVE_LORA_LAYOUT}",
             lambda path, options: read_longlive(
                 path, options.lora, lora_alpha=options.lora_alpha, use_ema=options.use_ema
             ),
@@ -336,7 +322,7 @@ CHECKPOINT_KINDS: dict[str, CheckpointKind] = {
         ),
         CheckpointKind(
             "diffusers",
-            _DIFFUSERS_LAYOUT,
+            DIFFUSERS_LAYOUT,
             lambda path, options: read_diffusers(path),
             ema_default=False,  # a folder holds one set of weights
         ),
@@ -399,99 +385,6 @@ def load_transformer(
     )
 
 
-# ----------------------------------------------------------------------------------------------
-# helpers
-
-
-def _torch_load(path: Path, layout: str) -> object:
-    """``torch.load`` of tensors and plain containers only; memory-mapped for zip files."""
-    if path.is_dir():
-        raise ValueError(
-            f"{path} is a folder, expected {layout}; a diffusers transformer/ folder loads "
-            "with kind='diffusers'"
-        )
-    return load_weights_file(path, layout)
-
-
-def _is_tensor_mapping(value: object) -> bool:
-    return (
-        isinstance(value, Mapping)
-        and len(value) > 0
-        and all(isinstance(tensor, torch.Tensor) for tensor in value.values())
-    )
-
-
-def _top_level(checkpoint: object) -> str:
-    if not isinstance(checkpoint, Mapping):
-        return f"the file holds a {type(checkpoint).__name__}"
-    keys = [repr(key) for key in checkpoint]
-    shown = ", ".join(keys[:16]) + (", ..." if len(keys) > 16 else "")
-    return f"top-level keys: {shown or 'none'}"
-
-
-def _generator(checkpoint: object, path: Path, use_ema: bool, layout: str) -> StateDict:
-    """The ``generator_ema`` (when wanted and present) or ``generator`` state dict."""
-    wanted = ("generator_ema", "generator") if use_ema else ("generator",)
-    if isinstance(checkpoint, Mapping):
-        for key in wanted:
-            if isinstance(checkpoint.get(key), Mapping):
-                return dict(checkpoint[key])
-    names = " or ".join(repr(key) for key in wanted)
-    advice = ""
-    if not use_ema and isinstance(checkpoint, Mapping) and "generator_ema" in checkpoint:
-        advice = "; use_ema=True loads its 'generator_ema'"
-    raise ValueError(
-        f"{path} has no {names} state dict ({_top_level(checkpoint)}){advice}; expected {layout}"
-    )
-
-
-def _wan_names(state_dict: StateDict, path: Path) -> StateDict:
-    renamed = strip_prefixes(drop_wrapper_segments(state_dict))
-    if len(renamed) != len(state_dict):
-        raise ValueError(
-            f"{path}: several tensors share one name once wrapper prefixes are removed"
-        )
-    return renamed
-
-
-def _diffusers_weight_files(folder: Path, *, required: bool) -> list[Path]:
-    index = folder / "diffusion_pytorch_model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
-            raise ValueError(
-                f'{index} is not a safetensors index (JSON with a "weight_map"); '
-                f"expected {_DIFFUSERS_LAYOUT}"
-            ) from None
-        shards = [folder / str(name) for name in names]
-        missing = [shard.name for shard in shards if not shard.is_file()]
-        if missing:
-            raise ValueError(f"{index} lists shards that are missing: {', '.join(missing[:4])}")
-        return shards
-    single = folder / "diffusion_pytorch_model.safetensors"
-    if single.is_file():
-        return [single]
-    variants = sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
-    if len(variants) == 1 or not required:
-        return variants
-    found = ", ".join(sorted(entry.name for entry in folder.iterdir())[:16]) or "nothing"
-    if any(entry.suffix in PICKLE_SUFFIXES for entry in folder.iterdir()) and not variants:
-        raise ValueError(
-            f"{folder} holds pickle weights and no .safetensors (found: {found}): a pickle can "
-            f"run code, so diffusers folders load from safetensors only; expected "
-            f"{_DIFFUSERS_LAYOUT}"
-        )
-    reason = "several weight files, none of them the default" if variants else "no weights"
-    raise ValueError(f"{folder} has {reason} (found: {found}); expected {_DIFFUSERS_LAYOUT}")
-
-
-def _listed(names: list[str], what: str) -> str:
-    shown = ", ".join(names[:_SHOWN]) + (", ..." if len(names) > _SHOWN else "")
-    return f"{len(names)} {what} ({shown})"
-
-
 def _apparent_sizes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """The model sizes a Wan-named state dict shows, from the tensors it has."""
     sizes = {}
@@ -552,11 +445,11 @@ def _check_fits(
         return
     problems = []
     if missing:
-        problems.append(_listed(missing, "missing"))
+        problems.append(listed(missing, "missing"))
     if unexpected:
-        problems.append(_listed(unexpected, "unexpected"))
+        problems.append(listed(unexpected, "unexpected"))
     if mismatched:
-        problems.append(_listed(mismatched, "of another shape"))
+        problems.append(listed(mismatched, "of another shape"))
     apparent, configured = _apparent_sizes(found), _apparent_sizes(expected)
     shapes_differ = bool(mismatched) or any(
         apparent[field] != configured[field] for field in apparent.keys() & configured.keys()
