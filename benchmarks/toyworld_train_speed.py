@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from headforcing.toyworld.train import TrainConfig, train
+from headforcing.toyworld.train import train
+from headforcing.toyworld.train_config import TrainConfig
 
 STAGES = {
     "stage 1": {},

@@ -21,6 +21,7 @@ from headforcing.toyworld.evaluate import (
     real_metrics,
     sample_video,
 )
+from headforcing.toyworld.forcing import DiffusionForcing
 from headforcing.toyworld.metrics import (
     TELEPORT_PIXELS,
     colour_error,
@@ -33,22 +34,19 @@ from headforcing.toyworld.metrics import (
 )
 from headforcing.toyworld.pretrained import WEIGHTS_DIR, load_toy_pipeline
 from headforcing.toyworld.text import ToyTextEncoder, slot_prompt
-from headforcing.toyworld.train import (
+from headforcing.toyworld.train import main as train_main
+from headforcing.toyworld.train import own_past, save, train
+from headforcing.toyworld.train_config import TrainConfig
+from headforcing.toyworld.train_data import (
     Batch,
-    DiffusionForcing,
-    TrainConfig,
     chunk_sigmas,
     own_input_levels,
-    own_past,
     own_past_layout,
     sample_batch,
-    save,
     self_context_levels,
     sink_only_mask,
     text_encoder_for,
-    train,
 )
-from headforcing.toyworld.train import main as train_main
 from headforcing.toyworld.world import (
     BACKGROUND_COLOURS,
     MAX_SPEED,

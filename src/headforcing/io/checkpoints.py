@@ -41,8 +41,9 @@ public code writes and reads them (facts checked in the repositories, no code ta
     :func:`headforcing.io.keymap.diffusers_to_wan`.
 
 What every reader shares (the layouts, the safe read, finding the generator, Wan names) is
-:mod:`headforcing.io.checkpoint_files`. Pickles are read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a
-file whose unpickling would run code is refused before anything in it runs.
+:mod:`headforcing.io.checkpoint_files`. Pickles are read with ``torch.load(weights_only=True)``:
+tensors and plain containers only, so a file whose unpickling would run code is refused before
+anything in it runs.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ the package ships a small causal model trained here, in a world where the truth 
   latents per frame, temporal stride 1) and its inverse, :class:`ToyDecoder`.
 - :mod:`~headforcing.toyworld.text`: :class:`ToyTextEncoder`, a word table with one mixing layer.
 - :mod:`~headforcing.toyworld.train`: diffusion forcing with flow matching on 21-frame clips
-  (``python -m headforcing.toyworld.train --out DIR --steps N --seed S``).
+  (``python -m headforcing.toyworld.train --out DIR --steps N --seed S``), by stage: its
+  settings (``train_config``), the data and noise levels of a step (``train_data``), the
+  objective (``forcing``), then the loop, the EMA and the saved run (``train``).
 - :mod:`~headforcing.toyworld.metrics`: per-segment quality against the truth, and drift.
 - :mod:`~headforcing.toyworld.evaluate`: samples against real clips (the acceptance rule).
 - :func:`load_toy_pipeline`: the shipped weights as a :class:`~headforcing.pipeline.Pipeline`.
