@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from headforcing.cache.policy import CachePolicy, HeadMapPolicy
-from headforcing.cache.store import RING_START_FRAMES
+from headforcing.cache.store import ring_allocation
 from headforcing.model.config import Preset, WanConfig
 from headforcing.model.rope import band_sizes
 
@@ -194,11 +194,7 @@ def umt5_bytes(shape, dtype: torch.dtype) -> int:
 def ring_frames(retention, chunk_frames: int, num_frames: int) -> int:
     """Frame slots of a group's ring at ``num_frames`` (it grows by doubling, up to its bound)."""
     bound = None if retention.recent_frames is None else retention.recent_frames + chunk_frames
-    needed = max(num_frames - retention.sink_frames, 0)
-    size = min(bound or RING_START_FRAMES, RING_START_FRAMES)
-    while size < needed and (bound is None or size < bound):
-        size *= 2
-    return min(size, bound) if bound is not None else size
+    return ring_allocation(bound, max(num_frames - retention.sink_frames, 0))
 
 
 def kv_bytes(

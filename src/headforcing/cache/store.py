@@ -55,6 +55,17 @@ class CacheShape(Protocol):
 RING_START_FRAMES = 24
 
 
+def ring_allocation(bound: int | None, frames: int) -> int:
+    """Frame slots a ring has allocated once it holds ``frames`` frames: ``RING_START_FRAMES``
+    (its bound if smaller), doubled until they fit, never past its bound (``None``: none)."""
+    if bound is not None:
+        frames = min(frames, bound)
+    size = min(bound or RING_START_FRAMES, RING_START_FRAMES)
+    while size < frames:
+        size *= 2
+    return min(size, bound) if bound is not None else size
+
+
 class GroupStore:
     """The buffers and bookkeeping of every head group that keeps ``rule``.
 
@@ -80,7 +91,7 @@ class GroupStore:
         # the ring holds the recent frames and the chunk: its bound, then what is allocated
         # (it grows by doubling up to the bound while the video is shorter: before any wrap)
         self.ring_bound = rule.recent_frames + self.chunk_frames if self.bounded else None
-        self.ring_frames = min(self.ring_bound or RING_START_FRAMES, RING_START_FRAMES)
+        self.ring_frames = ring_allocation(self.ring_bound, 0)
         self.memory_base = self.sink_frames * tokens
         memory_tokens = rule.memory.capacity(tokens) if rule.memory is not None else 0
         self.ring_base = self.memory_base + memory_tokens
@@ -170,10 +181,7 @@ class GroupStore:
 
     def _grow(self, frames: int) -> None:
         """Make room for ``frames`` ring frames (doubling, up to the bound)."""
-        size = self.ring_frames
-        while size < frames:
-            size *= 2
-        size = min(size, self.ring_bound or size)
+        size = ring_allocation(self.ring_bound, frames)
         extra = (size - self.ring_frames) * self.tokens_per_frame
         self.keys = F.pad(self.keys, (0, 0, 0, extra))
         self.values = F.pad(self.values, (0, 0, 0, extra))
