@@ -8,9 +8,6 @@ import math
 import sys
 from pathlib import Path
 
-import torch
-
-from headforcing.cache.policies import make_policy
 from headforcing.cli import options
 from headforcing.cli.arguments import add_model_arguments
 
@@ -47,17 +44,16 @@ def add_parser(commands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from headforcing.bench import (
-        BenchRow,
         bench_decode,
         bench_plain_pass,
-        bench_policy,
-        estimated_full_bytes,
+        bench_rows,
         format_table,
-        with_decode,
         write_json,
     )
     from headforcing.heads.lookup import bench_head_map
+    from headforcing.speed import device_name
 
+    # prepare input: random weights, the lengths and the outputs checked before loading
     args.random_weights = True
     for seconds in args.seconds:
         if not (math.isfinite(seconds) and 0 < seconds <= 3600):
@@ -83,35 +79,27 @@ def run(args: argparse.Namespace) -> int:
     video = pipeline.preset.video
     pixel_frames = video.chunk_frames * video.vae_stride[0]
     decode_ms = bench_decode(pipeline, timed_chunks=args.chunks)  # every row says both rates
-    rows, head_map = [], None
-    for name in args.policies:
-        policy = make_policy(name, positions=args.positions)
-        if getattr(policy, "head_map", "-") is None:  # a head-map policy: one map for all
-            head_map = head_map or bench_head_map(pipeline, args.head_map, options.say)
-            policy = policy.with_head_map(head_map)
-        for seconds in args.seconds:
-            frames = pipeline.latent_frames(seconds)
-            if name == "full" and device.type == "cuda":
-                need = estimated_full_bytes(pipeline, frames)
-                free = torch.cuda.mem_get_info(device)[0]
-                if need > 0.8 * free:
-                    note = f"skipped: needs ~{need / 2**30:.0f} GiB of K/V, {free / 2**30:.0f} free"
-                    rows.append(
-                        BenchRow(policy.describe(), seconds, frames, 0, 0, 0, 0, 0, note=note)
-                    )
-                    continue
-            row = bench_policy(pipeline, policy, seconds, timed_chunks=args.chunks)
-            rows.append(with_decode(row, decode_ms, pixel_frames))
-            row = rows[-1]
-            print(
-                f"{row.policy:>28} {seconds:>5g} s: {row.ms_per_chunk:8.1f} ms/chunk, "
-                f"{row.frames_per_second:.1f} frames/s DiT only, "
-                f"{row.end_to_end_frames_per_second:.1f} end to end (decode beside), "
-                f"{row.syncs_per_chunk} host reads/chunk",
-                file=sys.stderr,
-            )
-    from headforcing.speed import device_name
 
+    def said(row) -> None:
+        print(
+            f"{row.policy:>28} {row.seconds:>5g} s: {row.ms_per_chunk:8.1f} ms/chunk, "
+            f"{row.frames_per_second:.1f} frames/s DiT only, "
+            f"{row.end_to_end_frames_per_second:.1f} end to end (decode beside), "
+            f"{row.syncs_per_chunk} host reads/chunk",
+            file=sys.stderr,
+        )
+
+    # measure every policy at every length, then report
+    rows = bench_rows(
+        pipeline,
+        args.policies,
+        args.seconds,
+        positions=args.positions,
+        timed_chunks=args.chunks,
+        decode_ms=decode_ms,
+        head_map=lambda: bench_head_map(pipeline, args.head_map, options.say),
+        on_row=said,
+    )
     dtype_name = str(pipeline.model.dtype).removeprefix("torch.")
     title = (
         f"{pipeline.preset.name}, {pipeline.width}x{pipeline.height}, {dtype_name}, "
