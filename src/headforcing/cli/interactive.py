@@ -4,8 +4,6 @@ prompts while it runs (docs/interactive.md)."""
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 
 from headforcing.cli import options
 from headforcing.cli.arguments import (
@@ -50,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from headforcing.heads.lookup import attach_head_map
     from headforcing.heads.store import store_map
     from headforcing.interactive import LiveServer, LiveSession
-    from headforcing.interrupts import deferred_interrupt, exit_code
+    from headforcing.interactive.run import serve_until_done
     from headforcing.io.provenance import run_metadata
     from headforcing.io.scale import display_scale
     from headforcing.io.text import check_prompt
@@ -89,40 +87,8 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         server.server_close()
         raise
-    server.start(session)
+    server.start(session)  # the page is served from now on
     print(f"open {server.url} (video: {out}; Ctrl-C stops)", flush=True)
-    # generate in the worker until done or stopped; the page stays up until Ctrl-C
-    session.start()
-    stop = None
-    try:
-        while session.running:
-            session.join(0.25)
-        if not args.exit_when_done:
-            print("generation finished; the page stays up until Ctrl-C", file=sys.stderr)
-            while True:
-                time.sleep(1)
-    except KeyboardInterrupt as error:
-        stop = error if session.running else None  # a stop after the run ended is the normal end
-        print("stopping after the chunk in progress", file=sys.stderr)
-    finally:
-        session.stop()
-        try:
-            with deferred_interrupt():  # the worker closes the video: let it finish the tail
-                session.join()
-        except KeyboardInterrupt as error:
-            stop = stop or error
-        server.shutdown()
-        server.server_close()
-    state = session.state()
-    if state["frames_written"] == 0:  # stopped or failed before the first chunk: no file
-        print(f"nothing was written to {out}: no chunk was finished", file=sys.stderr)
-    else:
-        print(
-            f"wrote {out} ({state['frames_written']} frames, {len(state['switches'])} prompt "
-            "switches)",
-            file=sys.stderr,
-        )
-    if state["error"]:
-        print(f"headforcing interactive: error: {state['error']}", file=sys.stderr)
-        return 1
-    return exit_code(stop) if stop is not None else 0
+    return serve_until_done(
+        server, session, out, stay_up=not args.exit_when_done, report=options.say
+    )

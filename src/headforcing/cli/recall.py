@@ -7,7 +7,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from headforcing.cache.policies import make_policy
 from headforcing.cli import options
 from headforcing.cli.arguments import add_model_arguments, add_real_model_arguments
 
@@ -46,26 +45,21 @@ def add_parser(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from headforcing.heads.lookup import attach_head_map
+    from headforcing.heads.lookup import recall_policies
     from headforcing.heads.recall import measure_recall
     from headforcing.io.text import check_prompt
     from headforcing.prompts import check_loaded_prompts
 
+    # prepare input, load, then measure every policy in the reference cache's shadow
     check_prompt(args.prompt, "PROMPT")
     out, png = options.check_report_outs(args)
     options.check_run_args(args)
     pipeline = options.build_pipeline(args)
     check_loaded_prompts(pipeline, args.prompt)
     video = pipeline.preset.video
-    policies, labels = {}, None
-    for name in args.policies:
-        policy = make_policy(name, positions=args.positions)
-        policy, _ = attach_head_map(policy, None, pipeline)
-        if getattr(policy, "head_map", "-") is None:
-            policy = policy.with_head_map(pipeline.calibrate(args.prompt, args.seed))
-        if getattr(policy, "head_map", None) is not None and labels is None:
-            labels = [list(row) for row in policy.head_map.labels]
-        policies[policy.describe()] = policy
+    policies, labels = recall_policies(
+        pipeline, args.policies, positions=args.positions, prompt=args.prompt, seed=args.seed
+    )
     chunks = sorted(set(args.chunks))
     print(
         f"recall: {args.frames} latent frames under a {args.reference} cache, "

@@ -76,3 +76,23 @@ def bench_head_map(pipeline: Pipeline, path: Path | None, report: Callable[[str]
         return HeadMap.load(path)
     report("profiling the benchmark model for a head map (one rollout)")
     return profile_heads(pipeline, ["a calibration prompt"])
+
+
+def recall_policies(
+    pipeline: Pipeline, names: list[str], *, positions: str, prompt: str, seed: int
+) -> tuple[dict, list[list[str]] | None]:
+    """The policies of ``names`` for ``headforcing recall``, by their descriptions, each
+    head-map policy with the stored or shipped map, else one profiled on ``prompt``; and the
+    head labels of the first map (the report's head types), ``None`` without one."""
+    from headforcing.cache.policies import make_policy
+
+    policies, labels = {}, None
+    for name in names:
+        policy = make_policy(name, positions=positions)
+        policy, _ = attach_head_map(policy, None, pipeline)
+        if getattr(policy, "head_map", "-") is None:
+            policy = policy.with_head_map(pipeline.calibrate(prompt, seed))
+        if getattr(policy, "head_map", None) is not None and labels is None:
+            labels = [list(row) for row in policy.head_map.labels]
+        policies[policy.describe()] = policy
+    return policies, labels
