@@ -36,8 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import av
 
     from headforcing.eval.plot import plot_over_time
-    from headforcing.eval.report import evaluate, format_table, write_json
-    from headforcing.eval.segments import sources
+    from headforcing.eval.report import evaluate_file, format_table, write_json
     from headforcing.io.files import check_output_path
 
     # prepare input: the outputs (the one rule of every output) and every file, before
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for path in args.video:
         try:
-            results += [evaluate(video, args.segment_frames) for video in sources(path)]
+            results += evaluate_file(path, args.segment_frames)
         except av.FFmpegError as error:
             raise ValueError(f"VIDEO {path}: not a video PyAV can read ({error})") from None
     print(format_table(results))
