@@ -124,6 +124,8 @@ def test_the_api_loads_real_files_by_path_as_the_cli_does(tmp_path):
         assert by_api.weights_id == by_cli.weights_id and by_api.real_weights
         assert (by_api.height, by_api.width, by_api.model.dtype) == (64, 64, torch.float32)
     assert not torch.equal(flow(generator), flow(ema))  # the two sources are told apart
+    with pytest.raises(ValueError, match="checkpoint= names a real model's files: give model="):
+        hf.load_pipeline(checkpoint=checkpoint)  # not the toy model, silently
 
 
 def test_causal_forcing_missing_key_is_named(tmp_path, capsys):

@@ -122,6 +122,17 @@ def load_pipeline(
     """
     from headforcing.pipeline import Pipeline
 
+    if not model:
+        real = {"checkpoint": checkpoint, "wan_dir": wan_dir, "diffusers_dir": diffusers_dir}
+        real |= {"lora": lora, "lora_alpha": lora_alpha, "ema": ema}
+        given = [name for name, value in real.items() if value is not None]
+        if given:
+            from headforcing.bases import BASES
+
+            raise ValueError(
+                f"{given[0]}= names a real model's files: give model= too (one of "
+                f"{', '.join(BASES)})"
+            )
     preset = get_preset(preset or default_preset(model))
     device = torch.device(device)
     dtype = dtype or default_dtype(device)
