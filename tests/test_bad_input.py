@@ -210,13 +210,13 @@ def test_bad_input_gets_one_line_naming_the_fix(case, tmp_path, capsys, monkeypa
 
 
 def test_a_stop_while_the_model_loads_is_one_line_and_exit_130(tmp_path, capsys, monkeypatch):
-    import headforcing.cli as cli
+    import headforcing.cli.options as cli_options
     from headforcing.interrupts import Interrupted
 
     def interrupted_load(args):
         raise Interrupted(15)  # what the SIGTERM handler raises in the middle of loading
 
-    monkeypatch.setattr(cli, "build_pipeline", interrupted_load)
+    monkeypatch.setattr(cli_options, "build_pipeline", interrupted_load)
     out = tmp_path / "v.mp4"
     assert main(["generate", TOY_PROMPT, "--frames", "6", "--out", str(out)]) == 143
     err = capsys.readouterr().err
@@ -258,12 +258,12 @@ def test_overwrite_replaces_a_regular_file(tmp_path):
 def test_a_frame_the_encoder_cannot_take_is_refused_before_loading(
     command, size, message, tmp_path, capsys, monkeypatch
 ):
-    import headforcing.cli as cli
+    import headforcing.cli.options as cli_options
 
     def refuse(args):
         raise AssertionError("the model was loaded before the frame size was checked")
 
-    monkeypatch.setattr(cli, "build_pipeline", refuse)
+    monkeypatch.setattr(cli_options, "build_pipeline", refuse)
     out = tmp_path / "v.mp4"
     argv = [command, "a red ball", "--preset", "tiny", *size, "--out", str(out), "--port", "0"]
     assert main(argv if command == "interactive" else argv[:-2]) == 2

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from headforcing.bases import BASES, base_policy, get_base
-from headforcing.cli import build_parser, load_pipeline, main, policy_from_args, switch_from_args
+from headforcing.cli import build_parser, main
+from headforcing.cli.options import build_pipeline, policy_from_args, switch_from_args
 from headforcing.io.video import read_video
 from headforcing.model import get_preset
 
@@ -80,7 +81,7 @@ def test_causal_forcing_chunkwise_loads_through_the_cli(tmp_path, fsdp):
     # its README's inference loads 'generator' (no EMA); --ema takes the other one
     for extra, source in (((), generator), (("--ema",), ema)):
         args = build_parser().parse_args(cli_args(tmp_path, *extra))
-        pipeline = load_pipeline(args)
+        pipeline = build_pipeline(args)
         loaded = pipeline.model.state_dict()
         for name, tensor in source.state_dict().items():
             assert relative_error(loaded[name], tensor) <= 1e-5, name
@@ -91,6 +92,40 @@ def test_causal_forcing_chunkwise_loads_through_the_cli(tmp_path, fsdp):
     out = tmp_path / "video.mp4"
     assert main([*cli_args(tmp_path, "--frames", "6"), "--out", str(out)]) == 0
     assert read_video(out).shape == (1 + 4 * 5, 64, 64, 3)
+
+
+def test_the_api_loads_real_files_by_path_as_the_cli_does(tmp_path):
+    """``hf.load_pipeline`` is the command line's loader: a Causal Forcing checkpoint written
+    in its real layout loads by path through both into the same model, the one it was written
+    from (its 'generator', or with ``ema=True`` its 'generator_ema'), with the base's sampler."""
+    import headforcing as hf
+
+    write_diffusers_parts(tmp_path / "wan")
+    checkpoint = tmp_path / "chunkwise" / "causal_forcing.pt"
+    generator, ema = write_causal_forcing(checkpoint, fsdp=True)
+    for use_ema, source in ((None, generator), (True, ema)):
+        argv = cli_args(tmp_path, *(("--ema",) if use_ema else ()))
+        by_cli = build_pipeline(build_parser().parse_args(argv))
+        by_api = hf.load_pipeline(
+            model="causal-forcing",
+            checkpoint=str(checkpoint),  # paths as strings, as a user types them
+            diffusers_dir=str(tmp_path / "wan"),
+            preset="tiny",
+            height=64,
+            width=64,
+            ema=use_ema,
+        )
+        api_weights, cli_weights = by_api.model.state_dict(), by_cli.model.state_dict()
+        assert api_weights.keys() == cli_weights.keys()
+        assert all(torch.equal(api_weights[name], cli_weights[name]) for name in cli_weights)
+        for name, tensor in source.state_dict().items():
+            assert relative_error(api_weights[name], tensor) <= 1e-5, name
+        assert by_api.schedule == by_cli.schedule == BASES["causal-forcing"].sampler
+        assert by_api.weights_id == by_cli.weights_id and by_api.real_weights
+        assert (by_api.height, by_api.width, by_api.model.dtype) == (64, 64, torch.float32)
+    assert not torch.equal(flow(generator), flow(ema))  # the two sources are told apart
+    with pytest.raises(ValueError, match="checkpoint= names a real model's files: give model="):
+        hf.load_pipeline(checkpoint=checkpoint)  # not the toy model, silently
 
 
 def test_causal_forcing_missing_key_is_named(tmp_path, capsys):

@@ -205,7 +205,7 @@ def test_prompt_posted_mid_stream_applies_at_the_next_chunk(tmp_path):
 
 
 def test_the_toy_model_refuses_prompts_it_cannot_read(tmp_path):
-    from headforcing.cli import check_toy_prompts
+    from headforcing.prompts import check_toy_prompts
     from headforcing.toyworld.pretrained import load_toy_pipeline
 
     pipeline = load_toy_pipeline()

@@ -81,10 +81,22 @@ BELOW = [
     ("headforcing.cache", ("headforcing.sampling", "headforcing.heads.profile")),
     ("headforcing.cache", ("headforcing.heads.recall", "headforcing.heads.calibrate")),
     ("headforcing.sampling", ("headforcing.switch",)),
+    ("headforcing.cache", ("headforcing.heads.lookup",)),
     ("headforcing.switch", ("headforcing.pipeline",)),
+    # the commands' library sits above the pipeline: loading, planning, the writer, ...
+    ("headforcing.pipeline", ("headforcing.loading", "headforcing.planning")),
+    ("headforcing.pipeline", ("headforcing.io.writer", "headforcing.heads.lookup")),
+    ("headforcing.pipeline", ("headforcing.distributed.generate", "headforcing.prompts")),
 ]
 ABOVE_ALL = ("headforcing.cli",)  # below the CLI, nothing imports it
-UPPER = ("headforcing.pipeline", "headforcing.bench", "headforcing.batch", "headforcing.toyworld")
+UPPER = (
+    "headforcing.pipeline",
+    "headforcing.loading",
+    "headforcing.planning",
+    "headforcing.bench",
+    "headforcing.batch",
+    "headforcing.toyworld",
+)
 
 
 def layer_violations(src: Path = SRC) -> list[str]:

@@ -93,12 +93,12 @@ def prepare(case, tmp_path):
 
 
 def refusal(argv, capsys, monkeypatch, tmp_path) -> str:
-    import headforcing.cli as cli
+    import headforcing.cli.options as cli_options
 
     def refuse(args):
         raise AssertionError("work started before the output was checked")
 
-    monkeypatch.setattr(cli, "build_pipeline", refuse)
+    monkeypatch.setattr(cli_options, "build_pipeline", refuse)
     monkeypatch.setattr("headforcing.toyworld.demo.run_demo", refuse)
     monkeypatch.setattr("headforcing.eval.report.evaluate", refuse)
     monkeypatch.chdir(tmp_path)

@@ -13,13 +13,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import headforcing.cli as cli
+import headforcing.cli.options as cli_options
+import headforcing.loading
 from headforcing.cache import make_policy
 from headforcing.cli import main
 from headforcing.interactive import LiveSession, serve
 from headforcing.io.decoders import pixel_frames
 from headforcing.io.text import MAX_PROMPT_CHARS, HashedTextEncoder, check_prompt
 from headforcing.pipeline import Pipeline
+from headforcing.prompts import check_loaded_prompts
 
 from .test_interactive import post_prompt, state_of, wait_until
 
@@ -36,11 +38,11 @@ REASONS = {
 def no_loading(monkeypatch):
     """Fail the test if a command gets as far as loading a model."""
 
-    def refuse(args):
+    def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the text was checked")
 
-    monkeypatch.setattr(cli, "build_pipeline", refuse)
-    monkeypatch.setattr(cli, "load_pipeline", refuse)
+    monkeypatch.setattr(cli_options, "build_pipeline", refuse)
+    monkeypatch.setattr(headforcing.loading, "load_pipeline", refuse)
 
 
 def refused(argv, capsys) -> str:
@@ -228,7 +230,7 @@ def test_any_text_reaches_the_stand_in_encoder_or_is_refused_in_one_line(text):
 def test_any_text_reaches_the_toy_model_or_is_refused_in_one_line(text, toy_pipeline):
     try:  # what generate does with PROMPT: before loading, then with the loaded model
         check_prompt(text, "PROMPT")
-        cli.check_loaded_prompts(toy_pipeline, text, "PROMPT")
+        check_loaded_prompts(toy_pipeline, text, "PROMPT")
     except ValueError as error:
         assert "\n" not in str(error) and "\r" not in str(error)
         return

@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # pipelines and what they make
     "Pipeline": ("headforcing.pipeline", "Pipeline"),
+    "load_pipeline": ("headforcing.loading", "load_pipeline"),
     "Video": ("headforcing.pipeline", "Video"),
     "VideoChunk": ("headforcing.pipeline", "VideoChunk"),
     "PromptSchedule": ("headforcing.schedule", "PromptSchedule"),

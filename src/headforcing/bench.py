@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -207,6 +208,52 @@ def with_decode(row: BenchRow, decode_ms: float, pixel_frames: int) -> BenchRow:
         return row
     chunk_seconds = max(row.ms_per_chunk, decode_ms) / 1000
     return replace(row, end_to_end_frames_per_second=pixel_frames / chunk_seconds)
+
+
+def bench_rows(
+    pipeline: Pipeline,
+    names: list[str],
+    lengths: list[float],
+    *,
+    positions: str,
+    timed_chunks: int,
+    decode_ms: float,
+    head_map: Callable[[], object],
+    on_row: Callable[[BenchRow], None] | None = None,
+) -> list[BenchRow]:
+    """A row per policy of ``names`` and video length of ``lengths`` (seconds), each with the
+    decoder's rate beside (``decode_ms`` per chunk, :func:`bench_decode`); ``on_row``: each
+    row as it is measured. A head-map policy takes ``head_map()`` (asked once, when the first
+    one needs it: one map for all). On CUDA, ``full`` rows whose K/V would not fit 80 % of the
+    free memory are skipped, with a note saying so.
+    """
+    from headforcing.cache.policies import make_policy
+
+    device = pipeline.model.device
+    video = pipeline.preset.video
+    pixel_frames = video.chunk_frames * video.vae_stride[0]
+    rows, shared_map = [], None
+    for name in names:
+        policy = make_policy(name, positions=positions)
+        if getattr(policy, "head_map", "-") is None:  # a head-map policy: one map for all
+            shared_map = shared_map or head_map()
+            policy = policy.with_head_map(shared_map)
+        for seconds in lengths:
+            frames = pipeline.latent_frames(seconds)
+            if name == "full" and device.type == "cuda":
+                need = estimated_full_bytes(pipeline, frames)
+                free = torch.cuda.mem_get_info(device)[0]
+                if need > 0.8 * free:
+                    note = f"skipped: needs ~{need / 2**30:.0f} GiB of K/V, {free / 2**30:.0f} free"
+                    rows.append(
+                        BenchRow(policy.describe(), seconds, frames, 0, 0, 0, 0, 0, note=note)
+                    )
+                    continue
+            row = bench_policy(pipeline, policy, seconds, timed_chunks=timed_chunks)
+            rows.append(with_decode(row, decode_ms, pixel_frames))
+            if on_row is not None:
+                on_row(rows[-1])
+    return rows
 
 
 def write_json(rows: list[BenchRow], path: str | Path, overwrite: bool = True, **header) -> Path:

@@ -33,6 +33,8 @@ from headforcing.switch import PromptSwitcher
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 SIZE_MULTIPLE = 16  # VAE stride 8 x patch 2
+# ~12 days of video at 16 fps: beyond any run, and far from integer overflow in positions
+MAX_LATENT_FRAMES = 2**22
 
 
 @dataclass(frozen=True)
