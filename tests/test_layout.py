@@ -131,3 +131,36 @@ def test_layer_check_finds_a_planted_upward_import(tmp_path):
     (package / "__init__.py").write_text("")
     (package / "kv.py").write_text("from headforcing.pipeline import Pipeline\n")
     assert layer_violations(tmp_path) == ["headforcing.cache.kv imports headforcing.pipeline"]
+
+
+MAX_MODULE_LINES = 500  # a module one reads in one sitting (docs/design.md, "Layers")
+
+
+def long_modules(src: Path = SRC, limit: int = MAX_MODULE_LINES) -> list[str]:
+    found = []
+    for path in sorted((src / "headforcing").rglob("*.py")):
+        lines = len(path.read_text().splitlines())
+        if lines > limit:
+            found.append(f"{path.relative_to(src)}: {lines} lines")
+    return found
+
+
+def test_no_module_is_over_500_lines():
+    assert long_modules() == []
+
+
+def test_module_length_check_finds_a_long_module(tmp_path):
+    package = tmp_path / "headforcing"
+    package.mkdir()
+    (package / "short.py").write_text("x = 1\n" * MAX_MODULE_LINES)
+    (package / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    assert long_modules(tmp_path) == [f"headforcing/long.py: {MAX_MODULE_LINES + 1} lines"]
+
+
+def test_the_cli_modules_are_short():
+    """The CLI parses, calls the library and prints: each command's module about 250 lines
+    (the shared option handling, cli/options.py, a little more)."""
+    cli = SRC / "headforcing" / "cli"
+    lengths = {path.name: len(path.read_text().splitlines()) for path in cli.glob("*.py")}
+    assert len(lengths) >= 10, lengths  # a package, one module per command
+    assert {name: n for name, n in lengths.items() if n > 300} == {}
