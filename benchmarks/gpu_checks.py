@@ -70,9 +70,9 @@ def check_syncs(preset: str, device: str, chunks: int) -> list[str]:
 
 def summary(paths: list[Path]) -> str:
     lines = [
-        "| run | policy | video s | frames/s DiT | x window | K/V GiB | ATen ops/chunk "
-        "| host reads/chunk |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | policy | video s | frames/s DiT only | frames/s end to end | x window | K/V GiB "
+        "| ATen ops/chunk | host reads/chunk |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for path in paths:
         data = json.loads(path.read_text())
@@ -83,9 +83,12 @@ def summary(paths: list[Path]) -> str:
         for row in rows:
             base = window.get(row["seconds"])
             ratio = f"{base['ms_per_chunk'] / row['ms_per_chunk']:.2f}" if base else "-"
+            end_to_end = row.get("end_to_end_frames_per_second")
+            end_to_end = "-" if end_to_end is None else f"{end_to_end:.1f}"
             lines.append(
                 f"| {run} | {row['policy']} | {row['seconds']:g} | "
-                f"{row['frames_per_second']:.1f} | {ratio} | {row['kv_bytes'] / 2**30:.2f} | "
+                f"{row['frames_per_second']:.1f} | {end_to_end} | {ratio} | "
+                f"{row['kv_bytes'] / 2**30:.2f} | "
                 f"{row.get('ops_per_chunk', '-')} | {row['syncs_per_chunk']} |"
             )
     return "\n".join(lines)
