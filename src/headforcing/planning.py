@@ -54,7 +54,8 @@ def plan_run_memory(
     if head_map is not None:
         policy = policy.with_head_map(head_map)
     # live: a prompt can come from the page at any chunk
-    switches = live_prompts or (not isinstance(prompts, str) and len(prompts.segments) > 1)
+    scheduled = prompts is not None and not isinstance(prompts, str)
+    switches = live_prompts or (scheduled and len(prompts.segments) > 1)
     height = height or preset.video.height
     width = width or preset.video.width
     factor = 1
