@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from headforcing.cache import KVCache, make_policy
-from headforcing.io.umt5 import UMT5_XXL
+from headforcing.io.umt5_wan import UMT5_XXL
 from headforcing.memory_estimate import (
     GIB,
     MEMORY_MODES,
